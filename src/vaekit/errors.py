@@ -1,0 +1,18 @@
+"""Errors a user can fix.
+
+The command line prints a :class:`VaekitError` as one line and exits with status 2; any other
+exception is a bug and keeps its traceback. ``VaekitError`` is a ``ValueError`` so library callers
+can catch bad input the ordinary way.
+"""
+
+
+class VaekitError(ValueError):
+    """A problem with the user's input: the message names the problem and how to fix it."""
+
+
+class ConfigError(VaekitError):
+    """A config file or ``--set`` override that cannot be used."""
+
+
+class DataError(VaekitError):
+    """A data set that cannot be found or read."""

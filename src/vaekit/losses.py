@@ -1,0 +1,186 @@
+"""The VAE's math as pure functions.
+
+Convention everywhere: a log-density or divergence is **summed over the dimensions of one
+example** and returned per example, shape ``[B]`` (or ``[S, B]`` with a leading sample axis).
+Averaging over the batch is the caller's last step. Then β, "nats per example" and bits/dim mean
+one thing at every image size and batch size — no magic weight compensates a per-pixel mean.
+
+References: Kingma & Welling 2013 (AEVB, arXiv:1312.6114), Burda et al. 2016 (IWAE,
+arXiv:1509.00519), Theis et al. 2016 (dequantization, arXiv:1511.01844).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sum_except_batch(t: Tensor, batch_dims: int = 1) -> Tensor:
+    """Sum over every dimension after the first ``batch_dims``."""
+    return t.flatten(start_dim=batch_dims).sum(dim=-1)
+
+
+# --- Divergences --------------------------------------------------------------------------------
+
+
+def gaussian_kl_elementwise(mu: Tensor, log_var: Tensor) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) for each coordinate, no reduction.
+
+    The closed form derived in ``docs/theory.md`` (AEVB appendix B)::
+
+        KL = ½ (μ² + σ² − log σ² − 1),   σ² = exp(log_var)
+    """
+    return 0.5 * (mu.pow(2) + log_var.exp() - log_var - 1.0)
+
+
+def gaussian_kl(mu: Tensor, log_var: Tensor) -> Tensor:
+    """KL(q(z|x) ‖ p(z)) per example for a diagonal Gaussian q and p = N(0, I).
+
+    ``KL = ½ Σ_j (μ_j² + σ_j² − log σ_j² − 1)``, summed over the latent dimensions.
+    ``mu, log_var: [B, D] -> [B]``. Always ≥ 0; the seed's PyTorch-VAE logs its negative.
+    """
+    return gaussian_kl_elementwise(mu, log_var).sum(dim=-1)
+
+
+# --- Log-densities ------------------------------------------------------------------------------
+
+
+def bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
+    """log p(x|z) of a factorised Bernoulli decoder with mean y = sigmoid(logits), per example.
+
+    The seed's formula ``Σ_i x_i log y_i + (1 − x_i) log(1 − y_i)`` evaluated from logits ℓ as
+    ``Σ_i x_i ℓ_i − softplus(ℓ_i)`` (equal to it, and finite for any ℓ). Targets x may lie
+    anywhere in [0, 1] (the "continuous Bernoulli" use the seed mentions): then the value is a
+    cross-entropy, not a normalised log-likelihood. ``x, logits: [B, ...] -> [B]``.
+    """
+    return -_sum_except_batch(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
+
+
+def gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor | float = 0.0) -> Tensor:
+    """log N(x; mean, σ²) of a factorised Gaussian decoder, per example.
+
+    ``Σ_i −½ log 2π − log σ_i − (x_i − mean_i)² / (2σ_i²)``, with ``log_scale = log σ`` fixed (a
+    float) or learned (a tensor broadcastable to x, e.g. one per channel ``[C, 1, 1]``).
+    ``x, mean: [B, ...] -> [B]``.
+    """
+    log_scale = torch.as_tensor(log_scale, dtype=mean.dtype, device=mean.device)
+    z = (x - mean) * torch.exp(-log_scale)
+    elementwise = -0.5 * LOG_2PI - log_scale - 0.5 * z.pow(2)
+    return _sum_except_batch(elementwise.expand_as(x))
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z; 0, I), summed over the last dimension: ``−½ Σ_j (z_j² + log 2π)``."""
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(dim=-1)
+
+
+def diagonal_gaussian_log_prob(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
+    """log N(z; μ, diag σ²), summed over the last dimension.
+
+    ``−½ Σ_j (log 2π + log σ_j² + (z_j − μ_j)² / σ_j²)``; broadcasts over leading sample axes.
+    """
+    return -0.5 * (LOG_2PI + log_var + (z - mu).pow(2) * torch.exp(-log_var)).sum(dim=-1)
+
+
+# --- Bounds -------------------------------------------------------------------------------------
+
+
+def reparameterize(mu: Tensor, log_var: Tensor, num_samples: int | None = None) -> Tensor:
+    """z = μ + σ ⊙ ε with ε ~ N(0, I) (AEVB §2.4): a sample of q(z|x) differentiable in μ, σ.
+
+    ``[B, D] -> [B, D]``, or ``[S, B, D]`` with ``num_samples=S``.
+    """
+    std = torch.exp(0.5 * log_var)
+    shape = std.shape if num_samples is None else (num_samples, *std.shape)
+    return mu + std * torch.randn(shape, dtype=std.dtype, device=std.device)
+
+
+def elbo(log_px_given_z: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:
+    """The (β-weighted) evidence lower bound per example, in nats (AEVB eq. 10).
+
+    ``L = (1/L) Σ_l log p(x|z⁽ˡ⁾) − β · KL(q(z|x) ‖ p(z))``, z⁽ˡ⁾ ~ q(z|x). ``log_px_given_z`` is
+    ``[B]`` (L = 1) or ``[L, B]``; ``kl`` is ``[B]``. β = 1 gives the true bound ≤ log p(x).
+    """
+    if log_px_given_z.dim() == kl.dim() + 1:
+        log_px_given_z = log_px_given_z.mean(dim=0)
+    return log_px_given_z - beta * kl
+
+
+def iwae_bound(log_weights: Tensor) -> Tensor:
+    """The importance-weighted bound of Burda et al. (2016, eq. 8), per example.
+
+    ``L_k = log (1/k) Σ_i w_i``, ``log w_i = log p(x, z_i) − log q(z_i|x)``, z_i ~ q(z|x):
+    ``[k, B] -> [B]``, via a stable log-sum-exp. L_1 is the ELBO; L_k rises to log p(x) as k → ∞.
+    """
+    k = log_weights.shape[0]
+    return torch.logsumexp(log_weights, dim=0) - math.log(k)
+
+
+def estimate_log_px(
+    log_weight_fn: Callable[[int], Tensor],
+    num_samples: int,
+    chunk_size: int = 500,
+) -> tuple[Tensor, Tensor]:
+    """Importance-sampled estimate of log p(x) and its standard error, per example.
+
+    ``log p̂(x) = log (1/k) Σ_i w_i`` (the IWAE bound with k = ``num_samples``), computed in chunks:
+    ``log_weight_fn(n)`` returns ``[n, B]`` log-weights for n fresh samples, so memory is bounded
+    by ``chunk_size`` whatever k is. Running sums are kept as log-sum-exps of w and of w².
+
+    Standard error by the delta method: ``se(log p̂) ≈ sd(w) / (√k · mean(w))
+    = √((mean(w²) / mean(w)² − 1) / k)``. It measures Monte-Carlo noise only; log p̂ is also
+    biased low by O(1/k). Returns ``(log_px [B], stderr [B])``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    lse_w = lse_w2 = None
+    done = 0
+    while done < num_samples:
+        n = min(chunk_size, num_samples - done)
+        log_w = log_weight_fn(n).double()  # [n, B]
+        chunk_w, chunk_w2 = torch.logsumexp(log_w, dim=0), torch.logsumexp(2.0 * log_w, dim=0)
+        if lse_w is None:
+            lse_w, lse_w2 = chunk_w, chunk_w2
+        else:
+            lse_w = torch.logaddexp(lse_w, chunk_w)
+            lse_w2 = torch.logaddexp(lse_w2, chunk_w2)
+        done += n
+    log_k = math.log(num_samples)
+    log_px = lse_w - log_k
+    # mean(w²) / mean(w)² = exp(lse_w2 − log k − 2 (lse_w − log k)) ≥ 1 (Cauchy–Schwarz)
+    ratio = torch.exp(lse_w2 - log_k - 2.0 * log_px)
+    stderr = torch.sqrt((ratio - 1.0).clamp_min(0.0) / num_samples)
+    return log_px.float(), stderr.float()
+
+
+# --- Units --------------------------------------------------------------------------------------
+
+
+def bits_per_dim(nll_nats: Tensor | float, num_dims: int) -> Tensor | float:
+    """Convert a negative log-likelihood per example to bits per dimension: ``nll / (D ln 2)``.
+
+    Right as it stands for **binary** data (a discrete likelihood: no offset).
+    """
+    return nll_nats / (num_dims * math.log(2.0))
+
+
+def bits_per_dim_8bit(
+    nll_nats: Tensor | float, num_dims: int, data_range: tuple[float, float] = (0.0, 1.0)
+) -> Tensor | float:
+    """Bits/dim of 8-bit data from a continuous density on rescaled, dequantized pixels.
+
+    Pixels v ∈ {0..255} are dequantized, u = v + U(0,1) (Theis et al. 2016), and mapped affinely
+    to ``data_range`` [a, b] as y = a + (b − a)·u/256. A density on y gives one on u with
+    Jacobian ((b − a)/256)^D, so the discrete NLL is bounded by
+    ``−log p(y) + D · log(256 / (b − a))`` nats; divided by D ln 2 that is bits/dim.
+    For data in [0, 1] the offset is the familiar log 256 per dimension (8 bits).
+    """
+    lo, hi = data_range
+    offset = num_dims * math.log(256.0 / (hi - lo))
+    return (nll_nats + offset) / (num_dims * math.log(2.0))

@@ -1,0 +1,219 @@
+"""The interface every vaekit VAE shares, and the decoder likelihoods.
+
+The method names are PyTorch-VAE's (``encode``, ``decode``, ``reparameterize``, ``forward``,
+``loss_function``, ``sample``, ``generate``), so code written against the seed runs unchanged.
+What differs, on purpose:
+
+* ``loss_function`` without the seed's ``M_N`` keyword returns the negative ELBO in nats per
+  example for the model's own likelihood; with ``M_N`` it computes the seed's objective exactly
+  (pixel-mean MSE + M_N · batch-mean KL), kept for compatibility.
+* ``'KLD'`` is the positive divergence KL(q(z|x) ‖ p(z)); the seed logs its negative.
+* ``sample`` and ``generate`` return images (the decoder's mean), also for a Bernoulli decoder
+  whose ``decode`` returns logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vaekit.checkpoint import Pretrained
+from vaekit.losses import (
+    bernoulli_log_likelihood,
+    diagonal_gaussian_log_prob,
+    elbo,
+    estimate_log_px,
+    gaussian_kl,
+    gaussian_log_likelihood,
+    reparameterize,
+    standard_normal_log_prob,
+)
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+# Keywords PyTorch-VAE's experiment passes to loss_function besides M_N; accepted and unused.
+_SEED_LOSS_KWARGS = frozenset({"optimizer_idx", "batch_idx"})
+
+
+class VAEOutput(NamedTuple):
+    """What ``VAE.forward`` returns; unpacks as the seed's ``recons, input, mu, log_var``."""
+
+    recons: Tensor  # decoder output: the mean (Gaussian) or the logits (Bernoulli), like input
+    input: Tensor
+    mu: Tensor  # [B, latent_dim]
+    log_var: Tensor  # [B, latent_dim]
+
+
+def image_shape(in_channels: int, image_size: int | Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` from a channel count and an int or (H, W) image size."""
+    if isinstance(image_size, int):
+        height = width = image_size
+    else:
+        height, width = (int(s) for s in image_size)
+    if in_channels < 1 or height < 1 or width < 1:
+        raise ValueError(f"need positive channels and size, got {in_channels} channels, {image_size}")
+    return (in_channels, height, width)
+
+
+def check_input(model: nn.Module, x: Tensor, expected: tuple[int, ...]) -> None:
+    """Raise a ``ValueError`` naming the expected and the given shape unless x is ``[B, *expected]``."""
+    name = type(model).__name__
+    want = "[B, " + ", ".join(str(s) for s in expected) + "]"
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} expects a tensor of shape {want}, got {type(x).__name__}")
+    if x.dim() != len(expected) + 1:
+        raise ValueError(f"{name} expects a {len(expected) + 1}-d input {want}, got shape {list(x.shape)}")
+    if len(expected) == 3 and x.shape[1] != expected[0]:
+        raise ValueError(
+            f"{name} expects {expected[0]} input channels {want}, got {x.shape[1]} (shape {list(x.shape)})"
+        )
+    if tuple(x.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"{name} was built for inputs {want}, got shape {list(x.shape)}; build the model with the "
+            "image size and channels of your data"
+        )
+
+
+class DecoderLikelihood(nn.Module):
+    """p(x|z) of a factorised decoder: Bernoulli from logits, or Gaussian with fixed/learned σ.
+
+    For a Gaussian the decoder's output is the mean (in [-1, 1] behind a Tanh, like the seed);
+    ``log σ`` is a fixed buffer, or a learned parameter of shape ``scale_shape`` (one per channel).
+    """
+
+    def __init__(self, kind: str, sigma: float, learn_sigma: bool, scale_shape: Sequence[int]) -> None:
+        super().__init__()
+        if kind not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {kind!r}")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.kind = kind
+        log_sigma = torch.full(tuple(scale_shape), math.log(sigma))
+        if kind == "gaussian" and learn_sigma:
+            self.log_scale = nn.Parameter(log_sigma)
+        else:
+            # fixed σ comes from the config, so it stays out of the state dict: a seed (PyTorch-VAE)
+            # state dict loads strictly
+            self.register_buffer("log_scale", log_sigma, persistent=False)
+
+    def log_prob(self, x: Tensor, recons: Tensor) -> Tensor:
+        """log p(x|z) per example ``[B]`` (see :mod:`vaekit.losses`)."""
+        if self.kind == "bernoulli":
+            return bernoulli_log_likelihood(x, recons)
+        return gaussian_log_likelihood(x, recons, self.log_scale)
+
+    def mean(self, recons: Tensor) -> Tensor:
+        """E[x|z]: the image the decoder stands for."""
+        return torch.sigmoid(recons) if self.kind == "bernoulli" else recons
+
+
+class VAE(Pretrained, nn.Module):
+    """Base class of the Gaussian-latent VAEs: subclasses define ``encode``, ``decode``, ``input_shape``.
+
+    ``self.config`` holds the constructor's arguments (JSON-serialisable); it is what
+    ``save_pretrained`` writes and ``from_pretrained`` rebuilds the model from.
+    """
+
+    latent_dim: int
+    input_shape: tuple[int, ...]
+    likelihood: DecoderLikelihood
+    config: dict[str, Any]
+
+    # -- to implement ---------------------------------------------------------------------------
+    def encode(self, input: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- the seed's interface --------------------------------------------------------------------
+    def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        """z = μ + σ ⊙ ε, ε ~ N(0, I): ``[B, D] -> [B, D]``."""
+        return reparameterize(mu, logvar)
+
+    def forward(self, input: Tensor, **kwargs: Any) -> VAEOutput:
+        mu, log_var = self.encode(input)
+        z = self.reparameterize(mu, log_var)
+        return VAEOutput(self.decode(z), input, mu, log_var)
+
+    def loss_function(self, *args: Tensor, M_N: float | None = None, beta: float = 1.0, **kwargs: Any) -> dict:
+        """The training objective from ``forward``'s outputs.
+
+        Without ``M_N``: ``loss = mean_b[−log p(x_b|z_b) + β·KL_b]``, the negative (β-)ELBO in nats
+        per example; ``'Reconstruction_Loss'`` is the mean −log p(x|z), ``'KLD'`` the mean KL ≥ 0,
+        ``'ELBO'`` the mean ELBO (β = 1), all in nats per example.
+
+        With ``M_N`` (the seed's keyword): the seed's objective, exactly —
+        ``mse_loss(mean(recons), input) + M_N · mean_b KL_b`` with a *pixel-mean* MSE, which is
+        not a likelihood and makes M_N compensate for the image size. Kept for compatibility.
+        """
+        unknown = set(kwargs) - _SEED_LOSS_KWARGS
+        if unknown:
+            raise TypeError(f"loss_function got unexpected keyword arguments {sorted(unknown)}")
+        recons, input, mu, log_var = args[:4]
+        kl = gaussian_kl(mu, log_var)  # [B]
+        if M_N is not None:
+            recons_loss = F.mse_loss(self.likelihood.mean(recons), input)
+            kld = kl.mean()
+            loss = recons_loss + M_N * kld
+            return {"loss": loss, "Reconstruction_Loss": recons_loss.detach(), "KLD": kld.detach()}
+        log_px_z = self.likelihood.log_prob(input, recons)  # [B]
+        loss = (beta * kl - log_px_z).mean()
+        return {
+            "loss": loss,
+            "Reconstruction_Loss": -log_px_z.mean().detach(),
+            "KLD": kl.mean().detach(),
+            "ELBO": (log_px_z - kl).mean().detach(),
+        }
+
+    def sample(self, num_samples: int, current_device: Any = None, **kwargs: Any) -> Tensor:
+        """Decode z ~ p(z) = N(0, I) to images (the decoder's mean), on ``current_device``."""
+        device = current_device if current_device is not None else self._device()
+        z = torch.randn(num_samples, self.latent_dim, device=device)
+        return self.likelihood.mean(self.decode(z))
+
+    def generate(self, x: Tensor, **kwargs: Any) -> Tensor:
+        """A stochastic reconstruction of x (z ~ q(z|x)), as an image."""
+        return self.likelihood.mean(self.forward(x)[0])
+
+    # -- beyond the seed -------------------------------------------------------------------------
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The deterministic reconstruction, decoded from the posterior mean μ(x)."""
+        mu, _ = self.encode(x)
+        return self.likelihood.mean(self.decode(mu))
+
+    def elbo(self, x: Tensor, num_samples: int = 1, beta: float = 1.0) -> Tensor:
+        """Per-example ELBO in nats, ``[B]``, with the reconstruction term averaged over
+        ``num_samples`` draws z⁽ˡ⁾ ~ q(z|x) (AEVB eq. 10)."""
+        mu, log_var = self.encode(x)
+        log_px_z = self._log_px_given_z(x, reparameterize(mu, log_var, num_samples))  # [L, B]
+        return elbo(log_px_z, gaussian_kl(mu, log_var), beta)
+
+    def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
+        """Importance-sampled log p(x) per example and its standard error, q(z|x) as proposal.
+
+        x is encoded once; the k samples are drawn in chunks (:func:`vaekit.losses.estimate_log_px`).
+        Put the model in ``eval()`` first if it has BatchNorm.
+        """
+        mu, log_var = self.encode(x)
+
+        def log_weights(n: int) -> Tensor:  # [n, B]
+            z = reparameterize(mu, log_var, n)  # [n, B, D]
+            log_prior_minus_q = standard_normal_log_prob(z) - diagonal_gaussian_log_prob(z, mu, log_var)
+            return self._log_px_given_z(x, z) + log_prior_minus_q
+
+        return estimate_log_px(log_weights, num_samples, chunk_size)
+
+    def _log_px_given_z(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z) for z ``[S, B, D]`` -> ``[S, B]``, decoding all S·B codes in one batch."""
+        num_samples, batch = z.shape[:2]
+        recons = self.decode(z.reshape(num_samples * batch, -1))  # [S·B, ...]
+        x_rep = x.unsqueeze(0).expand(num_samples, *x.shape).reshape(num_samples * batch, *x.shape[1:])
+        return self.likelihood.log_prob(x_rep, recons).view(num_samples, batch)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device

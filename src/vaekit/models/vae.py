@@ -1,0 +1,186 @@
+"""The Gaussian-latent VAEs: the seed's convolutional ``VanillaVAE`` and the AEVB paper's ``MLPVAE``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vaekit.models.base import VAE, DecoderLikelihood, check_input, image_shape
+from vaekit.nn import check_min_size, halving_sizes, mlp, transpose_output_padding
+
+
+def _reject_unknown(model_name: str, kwargs: dict[str, Any]) -> None:
+    """PyTorch-VAE passes its config's ``name`` key to every model; anything else is a mistake."""
+    unknown = sorted(set(kwargs) - {"name"})
+    if unknown:
+        raise TypeError(f"{model_name} got unexpected keyword arguments {unknown}")
+
+
+def _min_size_for(num_layers: int) -> int:
+    """Smallest side that still gives every stride-2 stage an input of at least 2 pixels."""
+    size = 2
+    while halving_sizes(size, num_layers - 1, ceil=True)[-1] < 2:
+        size += 1
+    return size
+
+
+class VanillaVAE(VAE):
+    """The seed's convolutional VAE (PyTorch-VAE ``VanillaVAE``), for any channels and image size.
+
+    Encoder: per hidden dim a 3×3 stride-2 conv, BatchNorm and LeakyReLU; ``fc_mu``/``fc_var`` on
+    the flattened feature map. Decoder: ``decoder_input``, mirrored 3×3 stride-2 transposed convs
+    (output padding computed so odd and non-square sizes come back exactly), then ``final_layer``.
+    ``likelihood="gaussian"`` ends in Tanh (data in [-1, 1], as the seed); ``"bernoulli"`` ends in
+    logits (data in [0, 1]). ``VanillaVAE(3, 128)`` is the seed's model: 64×64, 3,937,635 weights.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        latent_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        image_size: int | Sequence[int] = 64,
+        likelihood: str = "gaussian",
+        sigma: float = 0.1,
+        learn_sigma: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        _reject_unknown(type(self).__name__, kwargs)
+        hidden_dims = list(hidden_dims) if hidden_dims is not None else [32, 64, 128, 256, 512]
+        if not hidden_dims:
+            raise ValueError("hidden_dims needs at least one entry")
+        channels, height, width = image_shape(in_channels, image_size)
+        num_layers = len(hidden_dims)
+        check_min_size(
+            type(self).__name__, height, width, _min_size_for(num_layers), f"{num_layers} stride-2 layers"
+        )
+        self.config = {
+            "in_channels": channels,
+            "latent_dim": latent_dim,
+            "hidden_dims": hidden_dims,
+            "image_size": [height, width],
+            "likelihood": likelihood,
+            "sigma": sigma,
+            "learn_sigma": learn_sigma,
+        }
+        self.latent_dim = latent_dim
+        self.input_shape = (channels, height, width)
+        heights = halving_sizes(height, num_layers, ceil=True)  # [H, H/2, …, h_L]
+        widths = halving_sizes(width, num_layers, ceil=True)
+        self.feature_shape = (hidden_dims[-1], heights[-1], widths[-1])  # the seed's (512, 2, 2)
+        flat = hidden_dims[-1] * heights[-1] * widths[-1]
+
+        stages, c_in = [], channels
+        for h_dim in hidden_dims:
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, h_dim, kernel_size=3, stride=2, padding=1),
+                    nn.BatchNorm2d(h_dim),
+                    nn.LeakyReLU(),
+                )
+            )
+            c_in = h_dim
+        self.encoder = nn.Sequential(*stages)
+        self.fc_mu = nn.Linear(flat, latent_dim)
+        self.fc_var = nn.Linear(flat, latent_dim)
+
+        def up(c_from: int, c_to: int, level: int) -> nn.ConvTranspose2d:
+            # level i+1 -> level i of the encoder's size ladder
+            pad = tuple(
+                transpose_output_padding(sizes[level], sizes[level + 1], kernel=3, padding=1)
+                for sizes in (heights, widths)
+            )
+            return nn.ConvTranspose2d(c_from, c_to, 3, stride=2, padding=1, output_padding=pad)
+
+        self.decoder_input = nn.Linear(latent_dim, flat)
+        reversed_dims = hidden_dims[::-1]  # the seed reverses its argument in place; we copy
+        stages = []
+        for i in range(num_layers - 1):
+            level = num_layers - 1 - i
+            stages.append(
+                nn.Sequential(
+                    up(reversed_dims[i], reversed_dims[i + 1], level),
+                    nn.BatchNorm2d(reversed_dims[i + 1]),
+                    nn.LeakyReLU(),
+                )
+            )
+        self.decoder = nn.Sequential(*stages)
+        last = reversed_dims[-1]
+        self.final_layer = nn.Sequential(
+            up(last, last, 0),
+            nn.BatchNorm2d(last),
+            nn.LeakyReLU(),
+            nn.Conv2d(last, channels, kernel_size=3, padding=1),
+            nn.Tanh() if likelihood == "gaussian" else nn.Identity(),
+        )
+        self.likelihood = DecoderLikelihood(likelihood, sigma, learn_sigma, (channels, 1, 1))
+
+    def encode(self, input: Tensor) -> list[Tensor]:
+        """``[B, C, H, W] -> [mu, log_var]``, each ``[B, latent_dim]``."""
+        check_input(self, input, self.input_shape)
+        result = torch.flatten(self.encoder(input), start_dim=1)  # [B, C_L·h_L·w_L]
+        return [self.fc_mu(result), self.fc_var(result)]
+
+    def decode(self, z: Tensor) -> Tensor:
+        """``[B, latent_dim] -> [B, C, H, W]``: the Gaussian mean, or the Bernoulli logits."""
+        result = self.decoder_input(z).view(-1, *self.feature_shape)  # [B, C_L, h_L, w_L]
+        return self.final_layer(self.decoder(result))
+
+
+class MLPVAE(VAE):
+    """The fully connected VAE of the AEVB paper (Kingma & Welling 2013, §5 and appendix C).
+
+    Images ``[B, C, H, W]`` are flattened; the encoder MLP gives μ and log σ², the decoder MLP gives
+    Bernoulli logits (data in [0, 1]) or a Gaussian mean behind a Tanh (data in [-1, 1]).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        latent_dim: int = 40,
+        hidden_dims: Sequence[int] = (300, 300),
+        image_size: int | Sequence[int] = 28,
+        likelihood: str = "bernoulli",
+        activation: str = "relu",
+        sigma: float = 0.1,
+        learn_sigma: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        _reject_unknown(type(self).__name__, kwargs)
+        channels, height, width = image_shape(in_channels, image_size)
+        hidden_dims = list(hidden_dims)
+        self.config = {
+            "in_channels": channels,
+            "latent_dim": latent_dim,
+            "hidden_dims": hidden_dims,
+            "image_size": [height, width],
+            "likelihood": likelihood,
+            "activation": activation,
+            "sigma": sigma,
+            "learn_sigma": learn_sigma,
+        }
+        self.latent_dim = latent_dim
+        self.input_shape = (channels, height, width)
+        num_pixels = channels * height * width
+        self.encoder = mlp([num_pixels, *hidden_dims], activation, final_activation=True)
+        self.fc_mu = nn.Linear(hidden_dims[-1] if hidden_dims else num_pixels, latent_dim)
+        self.fc_var = nn.Linear(hidden_dims[-1] if hidden_dims else num_pixels, latent_dim)
+        self.decoder = mlp([latent_dim, *hidden_dims[::-1], num_pixels], activation)
+        self.output_activation = nn.Tanh() if likelihood == "gaussian" else nn.Identity()
+        self.likelihood = DecoderLikelihood(likelihood, sigma, learn_sigma, (channels, 1, 1))
+
+    def encode(self, input: Tensor) -> list[Tensor]:
+        """``[B, C, H, W] -> [mu, log_var]``, each ``[B, latent_dim]``."""
+        check_input(self, input, self.input_shape)
+        hidden = self.encoder(input.flatten(start_dim=1))  # [B, C·H·W] -> [B, hidden]
+        return [self.fc_mu(hidden), self.fc_var(hidden)]
+
+    def decode(self, z: Tensor) -> Tensor:
+        """``[B, latent_dim] -> [B, C, H, W]``."""
+        out = self.output_activation(self.decoder(z))  # [B, C·H·W]
+        return out.view(-1, *self.input_shape)

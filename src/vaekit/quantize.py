@@ -1,0 +1,280 @@
+"""Vector quantisation for VQ-VAEs (van den Oord et al. 2017, "Neural Discrete Representation Learning").
+
+Keeps the semantics of PyTorch-VAE's ``VectorQuantizer`` quoted in the seed document: latents
+``[B, D, H, W]`` are flattened to ``z: [N, D]`` (N = B·H·W), each row is replaced by its nearest
+codebook row ``e`` in squared L2 distance, the loss is ``β·mse(sg[e], z) + mse(e, sg[z])`` (element
+means) and the output is the straight-through ``z + sg[e − z]``. Unlike the seed, no ``[N, K]``
+one-hot or full ``[N, K]`` distance matrix is built: rows are gathered with ``F.embedding``, counts
+come from ``torch.bincount``, sums from ``index_add_``, and the search runs ``chunk_size`` rows at a time.
+
+Buffer initialisation (chosen so the first training step is sensible):
+
+* ``ema_cluster_size`` starts at ones and ``ema_embed_sum`` at a copy of the initial codebook: every
+  code starts with a pseudo-count of one vector sitting at its initial position, so
+  ``weight == embed_sum / cluster_size`` holds from the start. The first EMA step therefore moves a
+  code to a weighted mean of its old position (weight ``decay``) and its batch vectors (weight
+  ``(1 − decay)·n_k``), and an unused code stays (up to Laplace smoothing) where it was instead of
+  collapsing to zero, as it would with zero-initialised buffers. k-means init and dead-code restart
+  keep this convention (``cluster_size = 1``, ``embed_sum = new code``) for the codes they set.
+* ``code_usage_ema`` starts at ones (each code "used once per batch"), so no code is dead at first;
+  with decay 0.99 and threshold 1e-3 a never-chosen code is declared dead after
+  ``log(1e-3) / log(0.99) ≈ 688`` training steps.
+
+Under ``torch.distributed`` the counts and sums are all-reduced (SUM) before any update, and random
+choices (k-means seeds, restarted codes) are broadcast from rank 0, so all ranks keep one codebook.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vaekit.errors import VaekitError
+
+
+def _distributed() -> bool:
+    """True when a default process group is running (statistics are then summed over ranks)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    """In place ``t ← Σ_ranks t``; a no-op outside distributed training."""
+    if _distributed():
+        pass
+    return t
+
+
+def _broadcast_from_rank0(*tensors: Tensor) -> None:
+    """In place ``t ← t[rank 0]`` so every rank holds rank 0's random choices."""
+    if _distributed():
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+
+def nearest_rows(flat: Tensor, codebook: Tensor, chunk_size: int) -> Tensor:
+    """``argmin_k ||z_n − e_k||² = argmin_k (||z_n||² + ||e_k||² − 2 z_n·e_k)`` for every row ``z_n``.
+
+    ``flat`` is ``[N, D]``, ``codebook`` ``[K, D]``; returns ``[N]`` long. Computed in float32 (also
+    under autocast), ``chunk_size`` rows at a time, so the extra memory is one ``[chunk_size, K]``
+    block, never ``[N, K]``.
+    """
+    with torch.no_grad(), torch.autocast(device_type=flat.device.type, enabled=False):
+        codes = codebook.detach().float()  # [K, D]
+        code_sq = codes.pow(2).sum(1)  # [K]
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)  # [N]
+        for start in range(0, flat.shape[0], chunk_size):
+            z = flat[start : start + chunk_size].detach().float()  # [C, D]
+            dist_sq = torch.addmm(code_sq, z, codes.T, alpha=-2.0)  # [C, K]: ||e||² − 2 z·e
+            dist_sq.add_(z.pow(2).sum(1, keepdim=True))  # [C, K]: + ||z||²
+            out[start : start + chunk_size] = dist_sq.argmin(1)
+    return out
+
+
+def kmeans(flat: Tensor, k: int, iters: int, chunk_size: int) -> Tensor:
+    """Lloyd's k-means on ``flat`` ``[N, D]``; returns ``k`` centres ``[k, D]`` (float32).
+
+    Seeds are sampled from the batch by k-means++ (``c_1`` uniform, then ``c_j`` with probability
+    ``∝ min_i ||z − c_i||²``, falling back to uniform sampling with replacement once every batch
+    vector is a seed, e.g. when N < k). Each iteration: ``a_n = argmin_k ||z_n − c_k||²`` and
+    ``c_k ← Σ_{a_n = k} z_n / #{n : a_n = k}``; an empty cluster keeps its old centre.
+    """
+    flat = flat.detach().float()  # [N, D]
+    n, d = flat.shape
+    centres = flat.new_empty(k, d)  # [k, D]
+    centres[0] = flat[torch.randint(n, (1,), device=flat.device)]
+    closest = (flat - centres[0]).pow(2).sum(1)  # [N]: squared distance to the nearest seed so far
+    for j in range(1, k):
+        weights = torch.where(closest.sum() > 0, closest, torch.ones_like(closest))  # [N]
+        centres[j] = flat[torch.multinomial(weights, 1)]
+        closest = torch.minimum(closest, (flat - centres[j]).pow(2).sum(1))
+    for _ in range(iters):
+        assign = nearest_rows(flat, centres, chunk_size)  # [N]
+        counts = torch.bincount(assign, minlength=k).float()  # [k]
+        sums = flat.new_zeros(k, d).index_add_(0, assign, flat)  # [k, D]
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
+    return centres
+
+
+class QuantizerOutput(tuple):
+    """Unpacks like the seed: ``quantized, vq_loss = quantizer(latents)``; extras by name.
+
+    ``quantized`` ``[B, D, H, W]`` (straight-through), ``loss`` (0-dim), ``indices`` ``[B, H, W]``
+    long, ``perplexity`` = ``exp(−Σ_k p_k log p_k)`` with ``p_k = usage_k / N`` (0-dim), ``usage``
+    ``[K]`` float counts of how many vectors of this batch picked each code.
+    """
+
+    quantized: Tensor
+    loss: Tensor
+    indices: Tensor
+    perplexity: Tensor
+    usage: Tensor
+
+    def __new__(cls, quantized: Tensor, loss: Tensor, indices: Tensor, perplexity: Tensor, usage: Tensor):
+        """Build the 2-tuple ``(quantized, loss)`` and attach the extras as attributes."""
+        self = super().__new__(cls, (quantized, loss))
+        self.quantized, self.loss, self.indices = quantized, loss, indices
+        self.perplexity, self.usage = perplexity, usage
+        return self
+
+    def __getnewargs__(self) -> tuple[Tensor, ...]:
+        """Arguments that rebuild this output (keeps it picklable and copyable)."""
+        return (self.quantized, self.loss, self.indices, self.perplexity, self.usage)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour codebook of ``K`` vectors of size ``D`` with a straight-through gradient.
+
+    Loss without EMA: ``β·mse(sg[e], z) + mse(e, sg[z])``; with ``ema=True`` only ``β·mse(sg[e], z)``
+    (the codebook follows exponential moving averages instead of gradients, paper appendix A.1).
+    Codebook updates (EMA, dead-code restart, k-means init) happen only in training mode.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        beta: float = 0.25,
+        *,
+        ema: bool = False,
+        decay: float = 0.99,
+        epsilon: float = 1e-5,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        restart_dead_codes: bool = False,
+        dead_code_threshold: float = 1e-3,
+        chunk_size: int = 8192,
+    ) -> None:
+        """Codebook ``e ~ U(−1/K, 1/K)`` of shape ``[K, D]``; see the module docstring for buffers."""
+        super().__init__()
+        if num_embeddings < 1 or embedding_dim < 1 or chunk_size < 1:
+            raise VaekitError(
+                "num_embeddings, embedding_dim and chunk_size must be positive; got "
+                f"{num_embeddings}, {embedding_dim}, {chunk_size}"
+            )
+        self.K, self.D, self.beta = num_embeddings, embedding_dim, beta
+        self.ema, self.decay, self.epsilon = ema, decay, epsilon
+        self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
+        self.restart_dead_codes, self.dead_code_threshold = restart_dead_codes, dead_code_threshold
+        self.chunk_size = chunk_size
+        self.embedding = nn.Embedding(self.K, self.D)
+        self.embedding.weight.data.uniform_(-1 / self.K, 1 / self.K)
+        self.embedding.weight.requires_grad_(not ema)
+        if ema:
+            self.register_buffer("ema_cluster_size", torch.ones(self.K))  # [K]
+            self.register_buffer("ema_embed_sum", self.embedding.weight.detach().clone())  # [K, D]
+        self.register_buffer("code_usage_ema", torch.ones(self.K))  # [K]
+        self.register_buffer("initialized", torch.tensor(False))  # True once k-means init has run
+
+    def extra_repr(self) -> str:
+        """Summary shown by ``print(module)``."""
+        return f"K={self.K}, D={self.D}, beta={self.beta}, ema={self.ema}, chunk_size={self.chunk_size}"
+
+    def nearest_codes(self, flat: Tensor) -> Tensor:
+        """Index of the nearest code, ``argmin_k ||z_n − e_k||²``: ``[N, D]`` → ``[N]`` long (chunked)."""
+        return nearest_rows(flat, self.embedding.weight, self.chunk_size)
+
+    def codes_to_latents(self, indices: Tensor) -> Tensor:
+        """Codebook lookup ``e[indices]``: ``[B, H, W]`` long → ``[B, D, H, W]``."""
+        return F.embedding(indices, self.embedding.weight).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, latents: Tensor) -> QuantizerOutput:
+        """Quantise ``[B, D, H, W]`` latents; returns ``(z + sg[e − z], vq_loss)`` plus extras by name."""
+        if latents.dim() != 4 or latents.shape[1] != self.D:
+            raise VaekitError(
+                f"VectorQuantizer expects latents of shape [B, {self.D}, H, W] (B, D, H, W); "
+                f"got shape {list(latents.shape)}"
+            )
+        z = latents.permute(0, 2, 3, 1).contiguous()  # [B, H, W, D]
+        b, h, w, _ = z.shape
+        flat = z.view(-1, self.D)  # [N, D]
+        if self.training and self.kmeans_init and not bool(self.initialized):
+            self._kmeans_init(flat)
+        indices = self.nearest_codes(flat)  # [N]
+        quantized = F.embedding(indices, self.embedding.weight).view(b, h, w, self.D).to(z.dtype)  # [B,H,W,D]
+        commitment_loss = F.mse_loss(quantized.detach(), z)
+        if self.ema:
+            loss = self.beta * commitment_loss
+        else:
+            embedding_loss = F.mse_loss(quantized, z.detach())
+            loss = self.beta * commitment_loss + embedding_loss
+        usage = torch.bincount(indices, minlength=self.K).float()  # [K]
+        if self.training:
+            self._update_codebook(flat, indices, usage)
+        probs = usage / usage.sum().clamp_min(1)  # [K]
+        perplexity = torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum())
+        out = z + (quantized - z).detach()  # [B, H, W, D], gradient d out / d z = identity
+        return QuantizerOutput(
+            out.permute(0, 3, 1, 2).contiguous(), loss, indices.view(b, h, w), perplexity, usage
+        )
+
+    def _sync_from_rank0(self) -> None:
+        """Broadcast codebook and buffers from rank 0 after a random re-seeding."""
+        extra = (self.ema_cluster_size, self.ema_embed_sum) if self.ema else ()
+        _broadcast_from_rank0(self.embedding.weight.data, self.code_usage_ema, *extra)
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: Tensor) -> None:
+        """``e ← kmeans(z)``; resets ``usage = 1`` and (EMA) ``cluster_size = 1``, ``embed_sum = e``."""
+        centres = kmeans(flat, self.K, self.kmeans_iters, self.chunk_size)  # [K, D]
+        self.embedding.weight.copy_(centres)
+        self.code_usage_ema.fill_(1.0)
+        if self.ema:
+            self.ema_cluster_size.fill_(1.0)
+            self.ema_embed_sum.copy_(centres)
+        self._sync_from_rank0()
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _update_codebook(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
+        """One training step of statistics, with ``n_k`` = counts and ``s_k = Σ_{a_n = k} z_n``.
+
+        ``usage ← d·usage + (1−d)·n``; with EMA also ``cluster_size ← d·cluster_size + (1−d)·n``,
+        ``embed_sum ← d·embed_sum + (1−d)·s``, ``cs = (cluster_size + ε) / (Σ cluster_size + K·ε) ·
+        Σ cluster_size`` and ``e ← embed_sum / cs``; then dead codes are restarted if enabled.
+        """
+        d = self.decay
+        if self.ema:
+            sums = torch.zeros(self.K, self.D, device=flat.device)  # [K, D]
+            sums.index_add_(0, indices, flat.float())  # [K, D]: s_k = Σ_{a_n = k} z_n
+            stats = _all_reduce_sum(torch.cat([counts[:, None], sums], 1))  # [K, 1 + D]
+            counts, sums = stats[:, 0], stats[:, 1:]  # [K], [K, D]
+            self.ema_cluster_size.mul_(d).add_(counts, alpha=1 - d)
+            self.ema_embed_sum.mul_(d).add_(sums, alpha=1 - d)
+            total = self.ema_cluster_size.sum()
+            smoothed = (self.ema_cluster_size + self.epsilon) / (total + self.K * self.epsilon) * total  # [K]
+            self.embedding.weight.copy_(self.ema_embed_sum / smoothed[:, None])
+        else:
+            counts = _all_reduce_sum(counts.clone())  # [K]
+        self.code_usage_ema.mul_(d).add_(counts, alpha=1 - d)
+        if self.restart_dead_codes:
+            self.restart_dead_codes_now(flat)
+
+    @torch.no_grad()
+    def restart_dead_codes_now(self, flat: Tensor, dead: Tensor | None = None) -> Tensor:
+        """Re-seed dead codes from random rows of ``flat`` ``[N, D]``: ``e_k ← z_{r_k}`` for ``k ∈ dead``.
+
+        ``dead`` is a ``[K]`` bool mask, by default ``usage_ema < dead_code_threshold``. Restarted codes
+        get ``usage_ema = 1`` (and with EMA ``cluster_size = 1``, ``embed_sum = e_k``). Rows are drawn
+        without replacement when N allows. Returns the mask used. Under distributed training every
+        rank must call this with the same mask (the default mask is, as usage counts are all-reduced).
+        """
+        if dead is None:
+            dead = self.code_usage_ema < self.dead_code_threshold  # [K]
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return dead
+        n = flat.shape[0]
+        if n >= num_dead:
+            rows = torch.randperm(n, device=flat.device)[:num_dead]  # [num_dead]
+        else:
+            rows = torch.randint(n, (num_dead,), device=flat.device)  # [num_dead]
+        new = flat.detach()[rows].to(self.embedding.weight.dtype)  # [num_dead, D]
+        self.embedding.weight[dead] = new
+        self.code_usage_ema[dead] = 1.0
+        if self.ema:
+            self.ema_cluster_size[dead] = 1.0
+            self.ema_embed_sum[dead] = new
+        self._sync_from_rank0()
+        return dead

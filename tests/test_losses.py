@@ -1,5 +1,6 @@
 """The math of vaekit.losses against closed forms, torch.distributions and brute force."""
 
+import itertools
 import math
 
 import pytest
@@ -42,8 +43,10 @@ def test_kl_is_zero_only_at_the_prior():
 def test_bernoulli_log_likelihood_matches_the_seed_formula(gen):
     logits = torch.randn(5, 1, 6, 6, generator=gen, dtype=torch.float64) * 3
     y = torch.sigmoid(logits)
-    for x in (torch.rand(5, 1, 6, 6, generator=gen, dtype=torch.float64),  # targets anywhere in [0, 1]
-              torch.bernoulli(torch.full((5, 1, 6, 6), 0.3, dtype=torch.float64), generator=gen)):
+    for x in (
+        torch.rand(5, 1, 6, 6, generator=gen, dtype=torch.float64),  # targets anywhere in [0, 1]
+        torch.bernoulli(torch.full((5, 1, 6, 6), 0.3, dtype=torch.float64), generator=gen),
+    ):
         seed = (x * torch.log(y) + (1 - x) * torch.log(1 - y)).sum(dim=(1, 2, 3))
         torch.testing.assert_close(losses.bernoulli_log_likelihood(x, logits), seed)
 
@@ -100,7 +103,7 @@ def test_estimate_log_px_chunked_equals_one_shot_and_delta_method(gen):
     def next_chunk(n):
         nonlocal position
         position += n
-        return log_w[position - n:position]
+        return log_w[position - n : position]
 
     log_px, stderr = losses.estimate_log_px(next_chunk, 1000, chunk_size=64)
     torch.testing.assert_close(log_px, losses.iwae_bound(log_w).float())
@@ -154,7 +157,7 @@ def test_elbo_below_log_px_and_iwae_rises_to_it(gen):
     elbo = model.elbo(x, num_samples=2000).double().mean().item()
     assert elbo < exact - 0.1
     bounds = [model.log_px(x, num_samples=k)[0].double().mean().item() for k in (1, 4, 16, 64, 5000)]
-    assert all(a < b for a, b in zip(bounds, bounds[1:], strict=False)), bounds
+    assert all(a < b for a, b in itertools.pairwise(bounds)), bounds
     assert bounds[-1] <= exact + 0.01
     assert exact - bounds[-1] < 0.02
 

@@ -41,7 +41,7 @@ def _ssim_bruteforce(x, y, win, sigma=1.5, data_range=1.0, k1=0.01, k2=0.03):
     values = []
     for i in range(x.shape[0] - win + 1):
         for j in range(x.shape[1] - win + 1):
-            px, py = x[i:i + win, j:j + win], y[i:i + win, j:j + win]
+            px, py = x[i : i + win, j : j + win], y[i : i + win, j : j + win]
             mx, my = (w * px).sum(), (w * py).sum()
             vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
             cxy = (w * (px - mx) * (py - my)).sum()
@@ -100,7 +100,7 @@ def test_ssim_shifted_texture_is_pure_luminance_term():
     lum = []
     for i in range(15 - win + 1):
         for j in range(15 - win + 1):
-            m = (w * x[i:i + win, j:j + win]).sum()
+            m = (w * x[i : i + win, j : j + win]).sum()
             lum.append((2 * m * (m + shift) + 1e-4) / (m**2 + (m + shift) ** 2 + 1e-4))
     xt = torch.from_numpy(x)[None, None]
     assert float(metrics.ssim(xt, xt + shift)) == pytest.approx(np.mean(lum), rel=1e-9)
@@ -193,17 +193,21 @@ def test_kid_same_distribution_near_zero_and_shift_positive():
     assert abs(np.mean(means)) < 3 * np.mean(stds)
     gen = torch.Generator().manual_seed(9)
     a, b = torch.randn(400, 16, generator=gen), torch.randn(400, 16, generator=gen) + 1.0
-    shifted, shifted_std = metrics.kernel_inception_distance(a, b, num_subsets=20, subset_size=200,
-                                                             generator=gen)
+    shifted, shifted_std = metrics.kernel_inception_distance(
+        a, b, num_subsets=20, subset_size=200, generator=gen
+    )
     assert shifted > 10 * np.mean(stds) and shifted > 10 * shifted_std
 
 
 def test_kid_estimator_is_unbiased():
     # many tiny draws: the V-statistic (diagonal included) would be biased up by ~2(E k(x,x) − E k(x,y))/m
     gen = torch.Generator().manual_seed(1)
-    values = [metrics.kernel_inception_distance(torch.randn(8, 4, generator=gen),
-                                                torch.randn(8, 4, generator=gen),
-                                                num_subsets=1, subset_size=8)[0] for _ in range(1500)]
+    values = [
+        metrics.kernel_inception_distance(
+            torch.randn(8, 4, generator=gen), torch.randn(8, 4, generator=gen), num_subsets=1, subset_size=8
+        )[0]
+        for _ in range(1500)
+    ]
     values = np.array(values)
     assert abs(values.mean()) < 4 * values.std() / math.sqrt(len(values))
 
@@ -240,8 +244,9 @@ def test_precision_recall_matches_bruteforce():
         return [sorted(float((p - q).norm()) for q in s)[k] for p in s]  # index 0 is the self-distance
 
     def coverage(queries, centres, rad):
-        return np.mean([any(float((q - c).norm()) <= r for c, r in zip(centres, rad, strict=True))
-                        for q in queries])
+        return np.mean(
+            [any(float((q - c).norm()) <= r for c, r in zip(centres, rad, strict=True)) for q in queries]
+        )
 
     expected = (coverage(fake, real, radii(real)), coverage(real, fake, radii(fake)))
     assert metrics.precision_recall(real, fake, k=k, chunk_size=7) == pytest.approx(expected)

@@ -9,7 +9,16 @@ import torch.nn.functional as F
 from seed_reference import SeedVanillaVAE
 from vaekit import MLPVAE, VQVAE, VanillaVAE, load_model, losses
 
-SIZES = [(1, 28, 28), (3, 28, 28), (1, 32, 32), (3, 32, 32), (1, 64, 64), (3, 64, 64), (3, 24, 40), (1, 27, 33)]
+SIZES = [
+    (1, 28, 28),
+    (3, 28, 28),
+    (1, 32, 32),
+    (3, 32, 32),
+    (1, 64, 64),
+    (3, 64, 64),
+    (3, 24, 40),
+    (1, 27, 33),
+]
 
 
 def n_params(model):
@@ -131,7 +140,7 @@ def test_vqvae_objectives():
     model = VQVAE(1, 8, 16, hidden_dims=[8, 16], image_size=16, num_residual_layers=1, sigma=0.5)
     x = torch.rand(3, 1, 16, 16) * 2 - 1
     out = model(x)
-    recons, input, vq_loss = out
+    recons, _, vq_loss = out
     pytorch_vae = model.loss_function(*out, M_N=0.1)
     torch.testing.assert_close(pytorch_vae["loss"], F.mse_loss(recons, x) + vq_loss)
     nats = model.loss_function(*out)

@@ -31,8 +31,8 @@ def test_make_grid_places_white_image_in_its_cell():
     images[6] = 1.0  # row 1, column 2
     grid = report.make_grid(images, nrow=nrow, padding=pad, pad_value=0.0)
     top, left = pad + 1 * (h + pad), pad + 2 * (w + pad)
-    assert (grid[top:top + h, left:left + w] == 255).all()
-    grid[top:top + h, left:left + w] = 0
+    assert (grid[top : top + h, left : left + w] == 255).all()
+    grid[top : top + h, left : left + w] = 0
     assert (grid == 0).all()  # nothing else is white: black images and black padding
 
 
@@ -84,7 +84,7 @@ def test_save_reconstructions_alternates_columns(tmp_path):
     assert grid.shape == (3 * (h + pad) + pad, 4 * (h + pad) + pad, 3)  # 2 pairs per row, 3 rows
     for col in range(4):
         left = pad + col * (h + pad)
-        cell = grid[pad:pad + h, left:left + h]
+        cell = grid[pad : pad + h, left : left + h]
         assert (cell == (0 if col % 2 == 0 else 255)).all()
     with pytest.raises(VaekitError):
         report.save_reconstructions(originals, torch.ones(n, 1, h, h + 1), tmp_path / "bad.png")
@@ -104,13 +104,31 @@ def test_save_interpolation_one_row_per_path(tmp_path):
 def _metric_rows():
     rows = []
     for step in range(1, 21):
-        rows.append({"step": step * 10, "epoch": (step - 1) // 5, "split": "train",
-                     "loss": 1000.0 / step**2, "Reconstruction_Loss": 900.0 / step**2,
-                     "KLD": 1.0 + 0.1 * step, "VQ_Loss": None if step % 3 else 0.5, "lr": 1e-3})
+        rows.append(
+            {
+                "step": step * 10,
+                "epoch": (step - 1) // 5,
+                "split": "train",
+                "loss": 1000.0 / step**2,
+                "Reconstruction_Loss": 900.0 / step**2,
+                "KLD": 1.0 + 0.1 * step,
+                "VQ_Loss": None if step % 3 else 0.5,
+                "lr": 1e-3,
+            }
+        )
         if step % 5 == 0:
-            rows.append({"step": step * 10, "epoch": step // 5 - 1, "split": "test",
-                         "loss": 1100.0 / step**2, "Reconstruction_Loss": "", "KLD": "nan",
-                         "VQ_Loss": "n/a", "lr": ""})
+            rows.append(
+                {
+                    "step": step * 10,
+                    "epoch": step // 5 - 1,
+                    "split": "test",
+                    "loss": 1100.0 / step**2,
+                    "Reconstruction_Loss": "",
+                    "KLD": "nan",
+                    "VQ_Loss": "n/a",
+                    "lr": "",
+                }
+            )
     return rows
 
 
@@ -134,8 +152,10 @@ def test_log_scale_rule():
 
 
 def test_read_metrics_csv_round_trip(tmp_path):
-    rows = [{"step": 1, "epoch": 0, "split": "train", "loss": 0.5, "KLD": 1.25e-05},
-            {"step": 2, "epoch": 0, "split": "test", "loss": 0.25, "KLD": None}]
+    rows = [
+        {"step": 1, "epoch": 0, "split": "train", "loss": 0.5, "KLD": 1.25e-05},
+        {"step": 2, "epoch": 0, "split": "test", "loss": 0.25, "KLD": None},
+    ]
     path = tmp_path / "metrics.csv"
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -148,8 +168,11 @@ def test_write_report_html_is_self_contained(tmp_path):
     images = {}
     for name in ("samples", "reconstructions <x&y>"):
         images[name] = report.save_grid(torch.rand(4, 1, 6, 6), tmp_path / f"{len(images)}.png", nrow=2)
-    metrics = {"test": {"elbo": -93.123456789, "psnr": 21.5, "note": "<b>bold</b> & co"},
-               "active_units": 12, "fid": torch.tensor(3.25)}
+    metrics = {
+        "test": {"elbo": -93.123456789, "psnr": 21.5, "note": "<b>bold</b> & co"},
+        "active_units": 12,
+        "fid": torch.tensor(3.25),
+    }
     config = "model:\n  name: vae<script>\n"
     path = report.write_report_html(tmp_path / "out" / "report.html", "Run <1>", metrics, images, config)
     text = path.read_text(encoding="utf-8")

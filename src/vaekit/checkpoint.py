@@ -31,7 +31,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """Save a flat dict of tensors as safetensors, atomically (copies make shared storage safe)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -87,3 +89,103 @@ class Pretrained:
     def from_pretrained(cls, directory: str | os.PathLike, map_location: Any = "cpu") -> Any:
         """Rebuild the model from ``config.json`` and load ``model.safetensors``; unpickles nothing."""
         return load_model(directory, map_location=map_location, expected_class=cls)
+
+
+# --- training checkpoints -------------------------------------------------------------------------
+
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+
+
+def _split_tensors(tree: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace every tensor in a nested dict/list by a ``{"__tensor__": key}`` stub, collecting it."""
+    if isinstance(tree, torch.Tensor):
+        tensors[prefix] = tree
+        return {"__tensor__": prefix}
+    if isinstance(tree, dict):
+        return {str(k): _split_tensors(v, f"{prefix}.{k}", tensors) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(tree)]
+    return tree
+
+
+def _join_tensors(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`_split_tensors`."""
+    if isinstance(tree, dict):
+        if set(tree) == {"__tensor__"}:
+            return tensors[tree["__tensor__"]]
+        return {k: _join_tensors(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_join_tensors(v, tensors) for v in tree]
+    return tree
+
+
+def _optimizer_state_from_json(state: dict) -> dict:
+    """JSON turns the per-parameter state's integer keys into strings; torch wants them back."""
+    return {"state": {int(k): v for k, v in state["state"].items()}, "param_groups": state["param_groups"]}
+
+
+def save_training_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: dict[str, Any],
+) -> None:
+    """Model (as :func:`save_model`), optimizer, scheduler, RNG and loop progress, written to a
+    temporary folder that then replaces ``directory`` — a crash leaves the old checkpoint whole."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    old = directory.with_name(f".{directory.name}.old")
+    for path in (tmp, old):
+        _remove_tree(path)
+    save_model(model, tmp)
+    tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    tree = {
+        "progress": progress,
+        "optimizer": _split_tensors(optimizer.state_dict(), "optimizer", tensors),
+        "scheduler": _split_tensors(scheduler.state_dict(), "scheduler", tensors),
+    }
+    save_tensors(tensors, tmp / STATE_TENSORS)
+    atomic_write_bytes(tmp / STATE_JSON, json.dumps(tree, indent=1).encode())
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    _remove_tree(old)
+
+
+def load_training_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> dict[str, Any]:
+    """Restore what :func:`save_training_checkpoint` wrote; returns the loop progress dict."""
+    directory = Path(directory)
+    if not (directory / STATE_JSON).is_file():
+        old = directory.with_name(f".{directory.name}.old")  # a crash between the two renames
+        if (old / STATE_JSON).is_file():
+            directory = old
+        else:
+            raise VaekitError(f"no training checkpoint in {directory}: nothing to resume")
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(device)))
+    tensors = load_file(str(directory / STATE_TENSORS))
+    tree = json.loads((directory / STATE_JSON).read_text())
+    optimizer.load_state_dict(_optimizer_state_from_json(_join_tensors(tree["optimizer"], tensors)))
+    scheduler.load_state_dict(_join_tensors(tree["scheduler"], tensors))
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return tree["progress"]
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir():
+        for child in path.iterdir():
+            child.unlink()
+        path.rmdir()

@@ -32,8 +32,10 @@ __all__ = [
 
 def _check_same_shape(x: torch.Tensor, y: torch.Tensor, min_dim: int) -> None:
     if x.shape != y.shape or x.dim() < min_dim:
-        raise VaekitError(f"expected two tensors of one shape with >= {min_dim} dims, got "
-                          f"{tuple(x.shape)} and {tuple(y.shape)}")
+        raise VaekitError(
+            f"expected two tensors of one shape with >= {min_dim} dims, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
 
 
 def _check_features(*feats: torch.Tensor) -> None:
@@ -76,8 +78,15 @@ def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, 1, k).expand(channels, 1, 1, k), groups=channels)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size: int = 11,
-         sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
     """Structural similarity (Wang, Bovik, Sheikh & Simoncelli 2004, IEEE TIP 13(4)), per image.
 
     With local Gaussian-weighted statistics μ, σ², σ_xy (window ``window_size``, std ``sigma``)::
@@ -103,7 +112,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size:
     var_y = _filter_valid(y * y, g) - mu_y.pow(2)
     cov_xy = _filter_valid(x * y, g) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
-        (mu_x.pow(2) + mu_y.pow(2) + c1) * (var_x + var_y + c2))
+        (mu_x.pow(2) + mu_y.pow(2) + c1) * (var_x + var_y + c2)
+    )
     return ssim_map.flatten(1).mean(dim=1)  # mean over C, H', W' → [B]
 
 
@@ -124,8 +134,9 @@ def _sym_sqrt(a: torch.Tensor) -> torch.Tensor:
     return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
 
 
-def frechet_distance_from_stats(mu_a: torch.Tensor, cov_a: torch.Tensor,
-                                mu_b: torch.Tensor, cov_b: torch.Tensor) -> float:
+def frechet_distance_from_stats(
+    mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor, cov_b: torch.Tensor
+) -> float:
     """Fréchet (2-Wasserstein) distance between N(μa, Σa) and N(μb, Σb) (Dowson & Landau 1982;
     used as FID by Heusel et al. 2017)::
 
@@ -139,8 +150,10 @@ def frechet_distance_from_stats(mu_a: torch.Tensor, cov_a: torch.Tensor,
     cov_a, cov_b = cov_a.detach().double(), cov_b.detach().double()
     d = mu_a.numel()
     if mu_b.numel() != d or cov_a.shape != (d, d) or cov_b.shape != (d, d):
-        raise VaekitError(f"inconsistent statistics: mu {tuple(mu_a.shape)}, {tuple(mu_b.shape)}, "
-                          f"cov {tuple(cov_a.shape)}, {tuple(cov_b.shape)}")
+        raise VaekitError(
+            f"inconsistent statistics: mu {tuple(mu_a.shape)}, {tuple(mu_b.shape)}, "
+            f"cov {tuple(cov_a.shape)}, {tuple(cov_b.shape)}"
+        )
     sqrt_a = _sym_sqrt(cov_a)
     m = sqrt_a @ cov_b @ sqrt_a  # [d, d], symmetric PSD up to round-off
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
@@ -163,7 +176,7 @@ def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Unbiased MMD² (Gretton et al. 2012, eq. 3), x ``[m, d]``, y ``[n, d]``::
 
-        1/(m(m−1)) Σ_{i≠j} k(xi, xj) + 1/(n(n−1)) Σ_{i≠j} k(yi, yj) − 2/(mn) Σ_{i,j} k(xi, yj)
+    1/(m(m−1)) Σ_{i≠j} k(xi, xj) + 1/(n(n−1)) Σ_{i≠j} k(yi, yj) − 2/(mn) Σ_{i,j} k(xi, yj)
     """
     m, n = x.shape[0], y.shape[0]
     k_xx, k_yy = _poly_kernel(x, x), _poly_kernel(y, y)
@@ -172,9 +185,13 @@ def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return term_x + term_y - 2 * _poly_kernel(x, y).mean()
 
 
-def kernel_inception_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, num_subsets: int = 100,
-                              subset_size: int = 1000,
-                              generator: torch.Generator | None = None) -> tuple[float, float]:
+def kernel_inception_distance(
+    feats_a: torch.Tensor,
+    feats_b: torch.Tensor,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    generator: torch.Generator | None = None,
+) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski, Sutherland, Arbel & Gretton 2018, "Demystifying MMD
     GANs"): the unbiased MMD² with the cubic kernel ``k(x, y) = (xᵀy/d + 1)³``, averaged over
     ``num_subsets`` random subsets of ``min(subset_size, Na, Nb)`` rows from each set (drawn
@@ -203,21 +220,25 @@ def _kth_nn_radii(feats: torch.Tensor, k: int, chunk_size: int) -> torch.Tensor:
     The self-distance 0 is the smallest in each row, so the k-th neighbour is the (k+1)-th
     smallest distance. ``[N, d] → [N]``, computed ``chunk_size`` rows at a time.
     """
-    radii = [torch.cdist(chunk, feats).kthvalue(k + 1, dim=1).values  # [c, N] → [c]
-             for chunk in feats.split(chunk_size)]
+    radii = [
+        torch.cdist(chunk, feats).kthvalue(k + 1, dim=1).values  # [c, N] → [c]
+        for chunk in feats.split(chunk_size)
+    ]
     return torch.cat(radii)
 
 
-def _coverage(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
-              chunk_size: int) -> float:
+def _coverage(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk_size: int) -> float:
     """Fraction of queries inside at least one ball ``B(centre_j, radius_j)``."""
-    inside = [(torch.cdist(chunk, centres) <= radii[None, :]).any(dim=1)  # [c, M] → [c]
-              for chunk in queries.split(chunk_size)]
+    inside = [
+        (torch.cdist(chunk, centres) <= radii[None, :]).any(dim=1)  # [c, M] → [c]
+        for chunk in queries.split(chunk_size)
+    ]
     return float(torch.cat(inside).double().mean())
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
-                     chunk_size: int = 1024) -> tuple[float, float]:
+def precision_recall(
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk_size: int = 1024
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi, Karras, Laine, Lehtinen & Aila 2019).
 
     Each set's manifold is the union of balls around its samples with radius the distance to the

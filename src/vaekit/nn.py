@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -69,7 +70,7 @@ class ResidualLayer(nn.Module):
 def mlp(sizes: Sequence[int], act: str, final_activation: bool = False) -> nn.Sequential:
     """Linear layers ``sizes[0] → … → sizes[-1]`` with an activation between them."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2 or final_activation:
             layers.append(activation(act))

@@ -42,7 +42,7 @@ def _distributed() -> bool:
 def _all_reduce_sum(t: Tensor) -> Tensor:
     """In place ``t ← Σ_ranks t``; a no-op outside distributed training."""
     if _distributed():
-        pass
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 

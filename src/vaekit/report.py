@@ -55,11 +55,12 @@ def make_grid(images, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -
     n, _, h, w = x.shape
     cols, rows = min(nrow, n), math.ceil(n / nrow)
     fill = float(np.clip(pad_value, 0.0, 1.0))
-    grid = torch.full((3, rows * (h + padding) + padding, cols * (w + padding) + padding), fill,
-                      dtype=torch.float64)
+    grid = torch.full(
+        (3, rows * (h + padding) + padding, cols * (w + padding) + padding), fill, dtype=torch.float64
+    )
     for i in range(n):
         top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
-        grid[:, top:top + h, left:left + w] = x[i]
+        grid[:, top : top + h, left : left + w] = x[i]
     rgb = (grid * 255.0).round().to(torch.uint8)  # [3, H', W']
     return rgb.permute(1, 2, 0).contiguous().numpy()  # [H', W', 3]
 
@@ -167,16 +168,21 @@ def plot_curves(rows: Sequence[Mapping], path) -> Path:
     curves = {c: s for c in columns if (s := _series(rows, c))}
     ncols = min(3, max(1, len(curves)))
     nrows = max(1, math.ceil(len(curves) / ncols))
-    splits = sorted({s for by_split in curves.values() for s in by_split},
-                    key=lambda s: ({"train": 0, "test": 1}.get(s, 2), s))
+    splits = sorted(
+        {s for by_split in curves.values() for s in by_split},
+        key=lambda s: ({"train": 0, "test": 1}.get(s, 2), s),
+    )
     colour = {s: f"C{i}" for i, s in enumerate(splits)}  # one colour per split in every subplot
     fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), dpi=100, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (column, by_split) in zip(axes, curves.items(), strict=False):
         for split in (s for s in splits if s in by_split):
             xs, ys = by_split[split]
-            style = {"linestyle": "-"} if split == "train" else {"linestyle": "--", "marker": "o",
-                                                                   "markersize": 3}
+            style = (
+                {"linestyle": "-"}
+                if split == "train"
+                else {"linestyle": "--", "marker": "o", "markersize": 3}
+            )
             ax.plot(xs, ys, label=split, color=colour[split], **style)
         if _use_log_y([y for _, ys in by_split.values() for y in ys]):
             ax.set_yscale("log")
@@ -184,7 +190,7 @@ def plot_curves(rows: Sequence[Mapping], path) -> Path:
         ax.set_xlabel("step" if any(_finite_float(r.get("step")) is not None for r in rows) else "epoch")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    for ax in axes[len(curves):]:
+    for ax in axes[len(curves) :]:
         ax.set_axis_off()
     if not curves:
         axes[0].text(0.5, 0.5, "no numeric metrics", ha="center", va="center")
@@ -235,19 +241,23 @@ def _data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def write_report_html(path, title: str, metrics: Mapping, images: Mapping[str, Path],
-                      config_yaml: str | None = None) -> Path:
+def write_report_html(
+    path, title: str, metrics: Mapping, images: Mapping[str, Path], config_yaml: str | None = None
+) -> Path:
     """Write ONE self-contained HTML page: title, a metrics table (nested keys flattened to
     ``a.b.c``), every picture embedded as a base64 ``data:`` URI under its caption (the dict
     key), and the resolved config in a ``<pre>``. No scripts, no external resources; all text
     is escaped with :func:`html.escape`. Returns the path.
     """
     esc = html.escape
-    rows = "\n".join(f'<tr><th>{esc(k)}</th><td class="v">{esc(_format_value(v))}</td></tr>'
-                     for k, v in _flatten(metrics))
+    rows = "\n".join(
+        f'<tr><th>{esc(k)}</th><td class="v">{esc(_format_value(v))}</td></tr>' for k, v in _flatten(metrics)
+    )
     figures = "\n".join(
         f'<figure><img src="{_data_uri(Path(p))}" alt="{esc(caption)}">'
-        f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, p in images.items())
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+        for caption, p in images.items()
+    )
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -140,7 +140,9 @@ class VAE(Pretrained, nn.Module):
         z = self.reparameterize(mu, log_var)
         return VAEOutput(self.decode(z), input, mu, log_var)
 
-    def loss_function(self, *args: Tensor, M_N: float | None = None, beta: float = 1.0, **kwargs: Any) -> dict:
+    def loss_function(
+        self, *args: Tensor, M_N: float | None = None, beta: float = 1.0, **kwargs: Any
+    ) -> dict:
         """The training objective from ``forward``'s outputs.
 
         Without ``M_N``: ``loss = mean_b[−log p(x_b|z_b) + β·KL_b]``, the negative (β-)ELBO in nats

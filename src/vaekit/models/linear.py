@@ -68,5 +68,3 @@ class LinearGaussianVAE(VAE):
         """A ``[D, d]`` matrix with orthogonal columns of the given norms (diagonal posterior)."""
         q, _ = torch.linalg.qr(torch.randn(data_dim, len(scales), generator=generator, dtype=torch.float64))
         return (q * scales.double()).float()
-
-

@@ -106,9 +106,14 @@ class VQVAE(Pretrained, nn.Module):
         self.encoder = nn.Sequential(*layers)
 
         self.vq_layer = VectorQuantizer(
-            num_embeddings, embedding_dim, beta, ema=ema, decay=decay,
-            kmeans_init=kmeans_init, restart_dead_codes=restart_dead_codes,
-        )  # fmt: skip
+            num_embeddings,
+            embedding_dim,
+            beta,
+            ema=ema,
+            decay=decay,
+            kmeans_init=kmeans_init,
+            restart_dead_codes=restart_dead_codes,
+        )
 
         def up(c_from: int, c_to: int, level: int) -> nn.ConvTranspose2d:
             pad = tuple(

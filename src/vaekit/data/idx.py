@@ -1,0 +1,343 @@
+"""MNIST and Fashion-MNIST in the IDX file format, plain or gzip-compressed, plus a checked download.
+
+IDX layout (all integers big-endian): two zero bytes, one byte type code, one byte ``ndim``, then
+``ndim`` unsigned 32-bit sizes, then the values in C order. Type codes: 0x08 uint8, 0x09 int8,
+0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaekit.data._util import user_dirs
+from vaekit.errors import DataError
+
+_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+NAMES = ("mnist", "fashion-mnist")
+
+#: The four standard files of each data set, by split: (images, labels).
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+#: Split names. ``train``/``test`` are the standard 60k/10k sets; ``train-50k``/``valid-10k`` cut the
+#: standard training set into its first 50,000 and last 10,000 images (the usual validation protocol).
+SPLITS = ("train", "test", "train-50k", "valid-10k")
+_VALID_SIZE = 10_000
+
+#: Directories searched, in order, when no root is given (the user's own places come first and are
+#: computed at call time from ``$VAEKIT_DATA`` and ``~/.cache/vaekit``).
+SYSTEM_DIRS = {
+    "mnist": [Path("/usr/share/datasets/mnist")],
+    "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],  # Debian: dataset-fashion-mnist
+}
+
+#: Where :func:`download` fetches from (tried in order). The MNIST files on yann.lecun.com often
+#: refuse automated clients; the ossci mirror serves byte-identical copies.
+BASE_URLS = {
+    "mnist": [
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ],
+    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+}
+
+#: MD5 of each standard ``.gz`` file as published by the data set authors. (The Fashion-MNIST values
+#: are the ones in the upstream README, also shipped by Debian in /usr/share/doc/dataset-fashion-mnist;
+#: Debian recompressed the .gz files themselves, so their bytes differ, not their contents.)
+CHECKSUMS = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the file format
+
+
+def _read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The file's (decompressed) bytes; gzip is recognised by its magic number, not the name."""
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        if gz:
+            with gzip.open(path, "rb") as f:
+                return f.read() if limit is None else f.read(limit)
+        with open(path, "rb") as f:
+            return f.read() if limit is None else f.read(limit)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"cannot read {path}: {e}; the file is damaged, download it again") from None
+
+
+def _parse_header(buf: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, header length) from the start of an IDX file."""
+    if len(buf) < 4 or buf[0] != 0 or buf[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number); use the original MNIST-format files")
+    code, ndim = buf[2], buf[3]
+    if code not in _DTYPES:
+        raise DataError(f"{path}: unknown IDX type code 0x{code:02X}; the file is damaged, download it again")
+    if ndim == 0:
+        raise DataError(f"{path}: IDX header declares 0 dimensions; the file is damaged, download it again")
+    header = 4 + 4 * ndim
+    if len(buf) < header:
+        raise DataError(f"{path} is truncated inside its header; download it again")
+    shape = tuple(int(s) for s in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
+    return _DTYPES[code], shape, header
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (plain or .gz) into a native-endian numpy array of the declared shape.
+
+    Raises DataError if the file is missing, not IDX, or its length disagrees with its header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"IDX file {path} not found; check the path or download the data set")
+    buf = _read_bytes(path)
+    dtype, shape, header = _parse_header(buf, path)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    got = len(buf) - header
+    if got < expected:
+        raise DataError(
+            f"{path} is truncated ({got} of {expected} data bytes for shape {shape}); download it again"
+        )
+    if got > expected:
+        raise DataError(
+            f"{path} has {got - expected} bytes past the end its header declares; the file is damaged, "
+            "download it again"
+        )
+    arr = np.frombuffer(buf, dtype=dtype, offset=header).reshape(shape)
+    return arr.astype(dtype.newbyteorder("="), copy=True)  # own, writable, native-endian
+
+
+def idx_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape an IDX file declares, reading only its header."""
+    path = Path(path)
+    buf = _read_bytes(path, limit=4 + 4 * 255)
+    return _parse_header(buf, path)[1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# finding and loading the standard files
+
+
+def _find_file(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def search_dirs(name: str) -> list[Path]:
+    """Where ``name`` ("mnist" or "fashion-mnist") is looked for when no root is given, in order."""
+    _check_name(name)
+    return [*user_dirs(name), *SYSTEM_DIRS[name]]
+
+
+def _has_all_files(directory: Path) -> bool:
+    return all(_find_file(directory, stem) is not None for pair in FILES.values() for stem in pair)
+
+
+def find_root(name: str, root: str | os.PathLike | None = None) -> Path:
+    """The directory holding the four standard files of ``name``.
+
+    With ``root`` given, it (or ``root/<name>``) must hold them; otherwise :func:`search_dirs` is
+    searched. Raises DataError saying where it looked.
+    """
+    _check_name(name)
+    if root is not None:
+        root = Path(root).expanduser()
+        for d in (root, root / name):
+            if _has_all_files(d):
+                return d
+        raise DataError(
+            f"{name} files not found in {root}; it needs train-images-idx3-ubyte[.gz], "
+            f"train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] "
+            f"(fetch them with vaekit.data.idx.download('{name}', '{root}'))"
+        )
+    dirs = search_dirs(name)
+    for d in dirs:
+        if _has_all_files(d):
+            return d
+    hint = " or install the Debian package dataset-fashion-mnist" if name == "fashion-mnist" else ""
+    raise DataError(
+        f"{name} not found (looked in {', '.join(str(d) for d in dirs)}); pass data.path=DIR holding "
+        f"the four IDX files, or download them with vaekit.data.idx.download('{name}'){hint}"
+    )
+
+
+def load(
+    name: str, root: str | os.PathLike | None = None, split: str = "train"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a split of MNIST or Fashion-MNIST.
+
+    Returns ``images`` uint8 ``[N,1,28,28]`` and ``labels`` int64 ``[N]`` (0..9). ``split`` is one of
+    :data:`SPLITS`: "train" (60,000), "test" (10,000), "train-50k" (first 50,000 of train),
+    "valid-10k" (last 10,000 of train).
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} for {name}; use one of {', '.join(SPLITS)}")
+    directory = find_root(name, root)
+    images_stem, labels_stem = FILES["test" if split == "test" else "train"]
+    images_path = _find_file(directory, images_stem)
+    labels_path = _find_file(directory, labels_stem)
+    assert images_path is not None and labels_path is not None  # find_root checked
+    images = read_idx(images_path)  # [N,28,28] uint8
+    labels = read_idx(labels_path)  # [N] uint8
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise DataError(f"{images_path} holds {images.dtype} {images.shape}, not uint8 [N,H,W] images")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"{labels_path} holds {labels.shape} labels for {images.shape[0]} images in {images_path}; "
+            "the files do not belong together, download them again"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{labels_path} has labels outside 0..9; the file is damaged, download it again")
+    if split in ("train-50k", "valid-10k"):
+        if images.shape[0] <= _VALID_SIZE:
+            raise DataError(f"{images_path} has only {images.shape[0]} images, too few for split {split!r}")
+        cut = images.shape[0] - _VALID_SIZE
+        sl = slice(0, cut) if split == "train-50k" else slice(cut, None)
+        images, labels = images[sl], labels[sl]
+    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)  # [N,1,28,28] uint8
+    y = torch.from_numpy(labels.astype(np.int64))  # [N] int64
+    return x, y
+
+
+def load_mnist(
+    root: str | os.PathLike | None = None, split: str = "train"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST: ``images`` uint8 ``[N,1,28,28]``, ``labels`` int64 ``[N]``; see :func:`load`."""
+    return load("mnist", root, split)
+
+
+def load_fashion_mnist(
+    root: str | os.PathLike | None = None, split: str = "train"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST: ``images`` uint8 ``[N,1,28,28]``, ``labels`` int64 ``[N]``; see :func:`load`.
+
+    With ``root=None`` the Debian package's /usr/share/datasets/fashion-mnist is found automatically.
+    """
+    return load("fashion-mnist", root, split)
+
+
+def _check_name(name: str) -> None:
+    if name not in NAMES:
+        raise DataError(f"no IDX data set called {name!r}; use one of {', '.join(NAMES)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# download
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(url: str, dest: Path, expected_md5: str, timeout: float) -> None:
+    """Stream ``url`` into a temporary file beside ``dest``, check its MD5, then rename it into place.
+
+    On any failure the temporary file is removed and ``dest`` is left untouched.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.md5()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    for chunk in iter(lambda: resp.read(1 << 16), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+            except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", None) or e
+                raise DataError(
+                    f"could not download {url}: {reason}; check the connection or put the file in "
+                    f"{dest.parent} by hand"
+                ) from None
+            out.flush()
+            os.fsync(out.fileno())
+        got = h.hexdigest()
+        if got != expected_md5:
+            raise DataError(
+                f"checksum mismatch for {url} (md5 {got}, expected {expected_md5}); the file was discarded, "
+                "try again or use another mirror (base_url=...)"
+            )
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def download(
+    name: str,
+    root: str | os.PathLike | None = None,
+    base_url: str | None = None,
+    *,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch the four standard ``.gz`` files of ``name`` ("mnist" or "fashion-mnist") into ``root``.
+
+    ``root`` defaults to ``$VAEKIT_DATA/<name>`` if set, else ``~/.cache/vaekit/<name>``. Each file is
+    written to a temporary name, MD5-checked against :data:`CHECKSUMS` and only then renamed into
+    place; a file that fails the check is deleted. Files already present with the right checksum
+    are kept. ``base_url`` replaces the default mirrors (files are fetched from ``base_url + name``).
+    Returns the directory. Raises DataError on network errors or checksum mismatches.
+    """
+    _check_name(name)
+    directory = Path(root).expanduser() if root is not None else user_dirs(name)[0]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create download directory {directory}: {e}; pass another root") from None
+    bases = [base_url] if base_url is not None else BASE_URLS[name]
+    for filename, md5 in CHECKSUMS[name].items():
+        dest = directory / filename
+        if dest.is_file() and _md5(dest) == md5:
+            continue
+        errors = []
+        for base in bases:
+            url = base if base.endswith("/") else base + "/"
+            try:
+                _fetch(url + filename, dest, md5, timeout)
+                break
+            except DataError as e:
+                errors.append(str(e))
+        else:
+            raise DataError(errors[-1] if len(errors) == 1 else "; ".join(errors))
+    return directory

@@ -1,0 +1,58 @@
+"""Process-group setup for ``torchrun``: gloo on CPU, NCCL on CUDA; a no-op for one process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files."""
+        return self.rank == 0
+
+    @property
+    def device_ids(self) -> list[int] | None:
+        """What DistributedDataParallel wants: the local GPU, or None on CPU."""
+        return [self.device.index] if self.device.type == "cuda" else None
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch_dist.barrier()
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` means this process's GPU if there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def setup_distributed(device_name: str = "auto") -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
+    if world_size == 1:
+        return DistInfo(0, 1, device)
+    if not torch_dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), device)
+
+
+def cleanup_distributed() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

@@ -1,0 +1,251 @@
+"""The training loop: a plain function, from a config to a run directory of weights, numbers and pictures.
+
+One process, or several under ``torchrun`` (DDP: gloo on CPU, NCCL on CUDA; the data are sharded
+across ranks and only rank 0 writes). Checkpoints are taken at the end of every epoch and hold
+the weights, optimizer, scheduler and RNG state, so ``resume=True`` continues exactly where the
+last finished epoch left off.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vaekit.checkpoint import load_training_checkpoint, save_model, save_training_checkpoint
+from vaekit.config import Config, TrainConfig, save_config
+from vaekit.data import ImageData, download, load_dataset, make_loader
+from vaekit.distributed import DistInfo, setup_distributed
+from vaekit.errors import ConfigError, DataError
+from vaekit.metrics_log import MetricsLog
+from vaekit.models import MODELS, VAE
+
+
+def build_model(cfg: Config, shape: tuple[int, int, int]) -> nn.Module:
+    """The model named by ``cfg.model``, sized for images of ``shape = (C, H, W)``."""
+    cls = MODELS[cfg.model.name]
+    if "image_size" not in inspect.signature(cls).parameters:
+        raise ConfigError(
+            f"model.name: {cfg.model.name} does not take images; choose one of "
+            + ", ".join(n for n, c in MODELS.items() if "image_size" in inspect.signature(c).parameters)
+        )
+    return cls(in_channels=shape[0], image_size=list(shape[1:]), **cfg.model.params)
+
+
+def load_split(cfg: Config, split: str) -> ImageData:
+    """One split of ``cfg.data``; with ``data.download`` (MNIST, Fashion-MNIST), files that are not
+    found are first fetched and checksum-verified."""
+    d = cfg.data
+    try:
+        return load_dataset(d.name, d.path, split, image_size=d.image_size, channels=d.channels)
+    except DataError:
+        if not (d.download and d.name in ("mnist", "fashion-mnist")):
+            raise
+    download(d.name, d.path)
+    return load_dataset(d.name, d.path, split, image_size=d.image_size, channels=d.channels)
+
+
+def lr_factor(t: TrainConfig, total_steps: int):
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to ``min_lr``."""
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps))
+        floor = t.min_lr / t.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def kl_weight(t: TrainConfig, step: int) -> float:
+    """β, rising linearly from 0 over ``kl_warmup_steps`` (Bowman et al. 2016), then constant."""
+    if t.kl_warmup_steps <= 0:
+        return t.beta
+    return t.beta * min(1.0, step / t.kl_warmup_steps)
+
+
+def loss_terms(model: nn.Module, outputs: tuple, beta: float) -> dict[str, torch.Tensor]:
+    """The objective in float32 whatever the autocast precision of ``outputs``."""
+    outputs32 = [t.float() for t in outputs]
+    if isinstance(model, VAE):
+        return model.loss_function(*outputs32, beta=beta)
+    terms = model.loss_function(*outputs32)
+    terms["perplexity"] = outputs.perplexity.detach()
+    return terms
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, data: ImageData, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Mean loss terms per example over a whole split (β = 1: the ELBO), in eval mode.
+
+    The split is binarized (if at all) with a fixed seed, so every evaluation sees the same data.
+    """
+    was_training = model.training
+    model.eval()
+    likelihood = model.likelihood.kind
+    loader = make_loader(
+        data,
+        cfg.train.batch_size,
+        likelihood,
+        shuffle=False,
+        drop_last=False,
+        seed=1234,
+        binarize=cfg.data.binarize,
+        num_workers=cfg.data.num_workers,
+    )
+    sums: dict[str, float] = {}
+    count = 0
+    for x, _ in loader:
+        x = x.to(device)
+        terms = loss_terms(model, model(x), beta=1.0)
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value) * len(x)
+        count += len(x)
+    model.train(was_training)
+    return {key: value / count for key, value in sums.items()}
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train(
+    cfg: Config,
+    out_dir: Path,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``cfg`` into ``out_dir``; return the final metrics (also in ``metrics.json``).
+
+    ``stop_after_epochs`` ends this invocation early with a checkpoint, as a preemption would;
+    ``resume=True`` picks up from ``out_dir/checkpoints/last``.
+    """
+    t = cfg.train
+    dist: DistInfo = setup_distributed(t.device)
+    device = dist.device
+    torch.manual_seed(t.seed)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+    train_data, test_data = load_split(cfg, cfg.data.train_split), load_split(cfg, cfg.data.test_split)
+    valid_data = load_split(cfg, cfg.data.valid_split) if cfg.data.valid_split else None
+    model = build_model(cfg, train_data.shape).to(device)
+    if dist.world_size > 1 and t.batch_size % dist.world_size:
+        raise ValueError(f"train.batch_size={t.batch_size} must divide by the {dist.world_size} processes")
+    loader = make_loader(
+        train_data,
+        t.batch_size // dist.world_size,
+        model.likelihood.kind,
+        shuffle=True,
+        drop_last=True,
+        seed=t.seed,
+        binarize=cfg.data.binarize,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        num_workers=cfg.data.num_workers,
+    )
+    optimizer_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    total_steps = t.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t, total_steps))
+
+    out_dir = Path(out_dir)
+    progress_state: dict[str, Any] = {
+        "epoch": 0,
+        "step": 0,
+        "best": math.inf,
+        "bad_evals": 0,
+        "wall_time": 0.0,
+        "initial_test": None,
+    }
+    if resume:
+        progress_state = load_training_checkpoint(
+            out_dir / "checkpoints" / "last", model, optimizer, scheduler
+        )
+    elif dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    if progress_state["initial_test"] is None:  # the untrained model's numbers, for comparison
+        progress_state["initial_test"] = evaluate_loss(model, test_data, cfg, device)
+
+    ddp_model = model
+    if dist.world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=dist.device_ids)
+    forward = torch.compile(ddp_model) if t.compile else ddp_model
+    log = MetricsLog(out_dir, enabled=dist.is_main)
+    step, start_epoch = progress_state["step"], progress_state["epoch"]
+    started, images_seen = time.perf_counter(), 0
+    selection = "valid" if valid_data is not None else "test"
+
+    for epoch in range(start_epoch, t.epochs):
+        model.train()
+        loader.set_epoch(epoch)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            disable=not (progress and dist.is_main),
+            dynamic_ncols=True,
+            leave=False,
+        )
+        window_start, window_images = time.perf_counter(), 0
+        for x, _ in bar:
+            x = x.to(device, non_blocking=True)
+            beta = kl_weight(t, step)
+            with _autocast(device, t.precision):
+                outputs = forward(x)
+            terms = loss_terms(model, outputs, beta)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if t.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window_images += len(x) * dist.world_size
+            images_seen += len(x) * dist.world_size
+            if step % t.log_every == 0 or step == total_steps:
+                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                row = {k: float(v.detach()) for k, v in terms.items()}
+                row.update(lr=scheduler.get_last_lr()[0], beta=beta, images_per_s=rate)
+                log.write(step, epoch + 1, "train", row)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("lr", "beta")})
+                window_start, window_images = time.perf_counter(), 0
+
+        finished = epoch + 1
+        stop_early = False
+        if finished % t.eval_every == 0 or finished == t.epochs:
+            evals = {"test": evaluate_loss(model, test_data, cfg, device)}
+            if valid_data is not None:
+                evals["valid"] = evaluate_loss(model, valid_data, cfg, device)
+            for split, terms_eval in evals.items():
+                log.write(step, finished, split, terms_eval)
+            score = evals[selection]["loss"]
+            if score < progress_state["best"]:
+                progress_state.update(best=score, bad_evals=0, best_epoch=finished)
+                if dist.is_main:
+                    save_model(model, out_dir / "checkpoints" / "best")
+            else:
+                progress_state["bad_evals"] += 1
+            patience = t.early_stopping_patience
+            stop_early = patience is not None and progress_state["bad_evals"] >= patience
+        progress_state.update(epoch=finished, step=step)
+        progress_state["wall_time"] += time.perf_counter() - started
+        started = time.perf_counter()
+        if dist.is_main:
+            save_training_checkpoint(
+                out_dir / "checkpoints" / "last", model, optimizer, scheduler, progress_state
+            )
+        if stop_early or (stop_after_epochs is not None and finished - start_epoch >= stop_after_epochs):
+            break
+    log.close()
+    dist.barrier()
+    return progress_state | {"images_seen_this_run": images_seen, "selection_split": selection}

@@ -1,0 +1,45 @@
+"""Importance-sampled log p(x): vaekit's estimator (vectorised over the batch, chunked over k)
+against a per-example loop (one data point at a time, as pythae's ``get_nll`` does).
+
+    python benchmarks/bench_nll.py
+"""
+
+from __future__ import annotations
+
+import torch
+from common import report, time_call
+
+from vaekit import MLPVAE
+
+
+@torch.no_grad()
+def per_example(model: MLPVAE, x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    return torch.cat([model.log_px(x[i : i + 1], num_samples=k, chunk_size=chunk)[0] for i in range(len(x))])
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model = MLPVAE(1, 40, hidden_dims=[300, 300], image_size=28).eval()
+    x = torch.bernoulli(torch.rand(100, 1, 28, 28))
+    rows = []
+    for k in (100, 1000):
+        with torch.no_grad():
+            batched = time_call(
+                lambda k=k: model.log_px(x, num_samples=k, chunk_size=max(1, 20000 // len(x))), repeats=3
+            )
+        looped = time_call(lambda k=k: per_example(model, x, k, chunk=k), repeats=1, warmup=0)
+        for name, t in (("vectorised, chunked", batched), ("per-example loop", looped)):
+            rows.append(
+                {
+                    "examples": len(x),
+                    "k": k,
+                    "estimator": name,
+                    **t,
+                    "examples/s": round(len(x) / (t["median_ms"] / 1000), 1),
+                }
+            )
+    report("nll", rows, ["examples", "k", "estimator", "median_ms", "min_ms", "examples/s"])
+
+
+if __name__ == "__main__":
+    main()

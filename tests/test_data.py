@@ -652,3 +652,15 @@ def test_describe_sources(isolated):
     assert status["mnist5k"].startswith("built in, from ") and "mnist_5k.csv.gz" in status["mnist5k"]
     assert status["cifar10"].startswith("not found") and "data_batch_1..5" in status["cifar10"]
     assert all("\n" not in s for s in status.values())
+
+
+def test_ranks_batches_together_are_the_single_process_batch():
+    from vaekit.data import epoch_indices
+
+    n, global_batch, world = 103, 8, 2
+    single = epoch_indices(n, seed=3, epoch=2, shuffle=True)
+    shards = [epoch_indices(n, seed=3, epoch=2, shuffle=True, rank=r, world_size=world) for r in range(world)]
+    per = global_batch // world
+    for i in range(n // global_batch):
+        together = torch.cat([s[i * per : (i + 1) * per] for s in shards])
+        assert sorted(together.tolist()) == sorted(single[i * global_batch : (i + 1) * global_batch].tolist())

@@ -288,9 +288,11 @@ def epoch_indices(
     """This rank's example indices for one epoch: int64 ``[n // world_size]``.
 
     The permutation (``torch.randperm`` with a generator seeded from (seed, epoch)) is shared by all
-    ranks, and rank ``r`` takes slice ``r`` of ``world_size`` equal slices, so ranks are disjoint.
-    With ``world_size > 1`` the ``n % world_size`` leftover examples (different ones each epoch when
-    shuffling) are skipped that epoch; with one rank every example appears exactly once.
+    ranks, and rank ``r`` takes every ``world_size``-th entry from ``r`` on, so ranks are disjoint
+    and — when the per-rank batch is the global batch / ``world_size`` — the ranks' i-th batches
+    together are exactly the i-th batch one process would see: DDP reproduces the single-process
+    data order. With ``world_size > 1`` the ``n % world_size`` leftover examples (different ones
+    each epoch when shuffling) are skipped that epoch; with one rank every example appears once.
     """
     if shuffle:
         g = torch.Generator().manual_seed(_mix(seed, epoch, 0))
@@ -298,7 +300,7 @@ def epoch_indices(
     else:
         perm = torch.arange(n)
     per = n // world_size
-    return perm[rank * per : (rank + 1) * per]
+    return perm[: per * world_size][rank::world_size]  # [per]
 
 
 class _Loader:

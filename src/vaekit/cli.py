@@ -86,15 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> None:
     import torch.distributed as torch_dist
 
-    from vaekit.config import load_config
+    from vaekit.config import load_config, save_config
     from vaekit.distributed import cleanup_distributed, setup_distributed
     from vaekit.runs import choose_run_dir, finalize_run
     from vaekit.train import train
 
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        raise VaekitError(f"--stop-after-epochs must be at least 1, got {args.stop_after_epochs}")
     if args.resume:
         run_dir = Path(args.resume)
+        if args.config or args.out or args.force:
+            raise VaekitError(
+                "--resume continues a run with its own config.yaml in its own directory; "
+                "drop the CONFIG / --out / --force arguments (--set still applies)"
+            )
         if not (run_dir / "config.yaml").is_file():
             raise VaekitError(f"cannot resume {run_dir}: no config.yaml there (is it a run directory?)")
+        model_keys = [o for o in args.overrides if o.strip().startswith("model.")]
+        if model_keys:
+            raise VaekitError(f"cannot change the model of a run on --resume: {', '.join(model_keys)}")
         cfg = load_config(run_dir / "config.yaml", args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
@@ -104,8 +114,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         if dist.world_size > 1:  # every rank must write to (and read from) rank 0's choice
             torch_dist.broadcast_object_list(chosen, src=0)
         run_dir = chosen[0]
-    if dist.is_main:
-        print(f"vaekit: training {cfg.model.name} on {cfg.data.name} into {run_dir}", file=sys.stderr)
+
+    def on_start() -> None:  # the data and model are ready: nothing has failed on bad input so far
+        if dist.is_main:
+            print(f"vaekit: training {cfg.model.name} on {cfg.data.name} into {run_dir}", file=sys.stderr)
+            if args.resume and args.overrides:  # the run directory describes what it ran
+                save_config(cfg, run_dir / "config.yaml")
+
     try:
         progress = train(
             cfg,
@@ -113,8 +128,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             resume=bool(args.resume),
             stop_after_epochs=args.stop_after_epochs,
             progress=not args.no_progress,
+            on_start=on_start,
         )
-        if (dist.is_main and progress["epoch"] >= cfg.train.epochs) or progress.get("stopped_early"):
+        finished = progress["epoch"] >= cfg.train.epochs or progress.get("stopped_early")
+        if dist.is_main and finished:
             metrics = finalize_run(run_dir, cfg, progress, dist.device)
             _print_summary(metrics, run_dir)
         elif dist.is_main:
@@ -140,7 +157,12 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
         f"{metrics['epochs']} epochs in {metrics['wall_time_s']:.1f} s "
         f"({metrics['images_per_s']:.0f} images/s)"
     )
-    print(f"wrote {run_dir}/report.html, samples, reconstructions, interpolation, curves, metrics.json")
+    pictures = ", ".join(
+        name
+        for name in ("samples", "reconstructions", "interpolation", "curves")
+        if (run_dir / f"{name}.png").is_file()
+    )
+    print(f"wrote {run_dir}/report.html, {pictures}, metrics.json")
 
 
 def _load(args: argparse.Namespace):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -51,6 +52,24 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
             torch.cuda.set_device(device)
         torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), device)
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over all ranks (every rank must call it); ``values`` itself for one process."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
+        return values
+    values = values.clone()
+    torch_dist.all_reduce(values)
+    return values / torch_dist.get_world_size()
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank (every rank must call it)."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def cleanup_distributed() -> None:

@@ -26,12 +26,16 @@ class MetricsLog:
     """Append rows to ``metrics.csv`` (fixed columns, empty where a term does not apply) and
     scalars to TensorBoard under ``tensorboard/`` as ``split/term``."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int | None = None) -> None:
+        """``resume_step``: the step of the checkpoint a resumed run starts from; rows (and TensorBoard
+        events) logged after it by the interrupted run are dropped, since they are logged again."""
         self.enabled = enabled
         self._writer = None
         if not enabled:
             return
         path = Path(run_dir) / "metrics.csv"
+        if resume_step is not None and path.exists():
+            _truncate_after(path, resume_step)
         new = not path.exists()
         self._file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
@@ -40,7 +44,8 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1  # drops events at steps >= purge
+            self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=purge)
         except ImportError:  # tensorboard is a dependency, but a missing one should not stop training
             self._writer = None
 
@@ -58,3 +63,16 @@ class MetricsLog:
             self._file.close()
             if self._writer is not None:
                 self._writer.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep the header and the rows of ``path`` whose step is at most ``step`` (rewritten atomically)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= step]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    tmp.replace(path)

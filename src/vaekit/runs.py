@@ -29,11 +29,18 @@ def choose_run_dir(config_path: str | None, out: str | None, force: bool, root: 
     with ``-2``, ``-3``… appended when that exists: a run never overwrites another by accident."""
     if out is not None:
         path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise VaekitError(f"--out {path} is a file, not a directory; choose another --out")
         if path.exists() and any(path.iterdir()):
             if not force:
                 raise VaekitError(
                     f"run directory {path} already exists; pass --resume {path} to continue it, "
                     "--force to overwrite it, or another --out"
+                )
+            if not (path / "config.yaml").is_file():  # --force replaces runs, never other folders
+                raise VaekitError(
+                    f"--force would delete {path}, which is not a vaekit run (no config.yaml); "
+                    "choose another --out or remove it yourself"
                 )
             shutil.rmtree(path)
         return path

@@ -11,9 +11,11 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -21,7 +23,7 @@ from tqdm import tqdm
 from vaekit.checkpoint import load_training_checkpoint, save_model, save_training_checkpoint
 from vaekit.config import Config, TrainConfig, save_config
 from vaekit.data import ImageData, download, load_dataset, make_loader
-from vaekit.distributed import DistInfo, setup_distributed
+from vaekit.distributed import DistInfo, broadcast_from_main, mean_over_ranks, setup_distributed
 from vaekit.errors import ConfigError, DataError
 from vaekit.metrics_log import MetricsLog
 from vaekit.models import MODELS, VAE
@@ -124,11 +126,15 @@ def train(
     resume: bool = False,
     stop_after_epochs: int | None = None,
     progress: bool = True,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into ``out_dir``; return the final metrics (also in ``metrics.json``).
+    """Train ``cfg`` into ``out_dir``; return the loop's progress (epoch, step, best, …; with
+    ``stopped_early`` when early stopping ended the run).
 
     ``stop_after_epochs`` ends this invocation early with a checkpoint, as a preemption would;
-    ``resume=True`` picks up from ``out_dir/checkpoints/last``.
+    ``resume=True`` picks up from ``out_dir/checkpoints/last``. ``on_start`` is called once the
+    data and model are ready, before anything is written (the command line announces the run there,
+    so a bad data path fails with one line).
     """
     t = cfg.train
     dist: DistInfo = setup_distributed(t.device)
@@ -140,7 +146,7 @@ def train(
     valid_data = load_split(cfg, cfg.data.valid_split) if cfg.data.valid_split else None
     model = build_model(cfg, train_data.shape).to(device)
     if dist.world_size > 1 and t.batch_size % dist.world_size:
-        raise ValueError(f"train.batch_size={t.batch_size} must divide by the {dist.world_size} processes")
+        raise ConfigError(f"train.batch_size={t.batch_size} must divide by the {dist.world_size} processes")
     loader = make_loader(
         train_data,
         t.batch_size // dist.world_size,
@@ -158,6 +164,8 @@ def train(
     total_steps = t.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t, total_steps))
 
+    if on_start is not None:
+        on_start()
     out_dir = Path(out_dir)
     progress_state: dict[str, Any] = {
         "epoch": 0,
@@ -181,13 +189,18 @@ def train(
     if dist.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=dist.device_ids)
     forward = torch.compile(ddp_model) if t.compile else ddp_model
-    log = MetricsLog(out_dir, enabled=dist.is_main)
     step, start_epoch = progress_state["step"], progress_state["epoch"]
+    # rows a crash left after the checkpoint are dropped: the resumed run writes them again
+    log = MetricsLog(out_dir, enabled=dist.is_main, resume_step=step if resume else None)
+    end_epoch = start_epoch if progress_state.get("stopped_early") else t.epochs
     started, images_seen = time.perf_counter(), 0
     selection = "valid" if valid_data is not None else "test"
 
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(start_epoch, end_epoch):
         model.train()
+        if dist.rank > 0:  # own reparameterization noise per rank (rank 0's state is in the checkpoint;
+            # the others are re-derived each epoch, so a resumed DDP run draws the same numbers)
+            torch.manual_seed(int(np.random.SeedSequence([t.seed, epoch, dist.rank]).generate_state(1)[0]))
         loader.set_epoch(epoch)
         bar = tqdm(
             loader,
@@ -207,6 +220,7 @@ def train(
             terms["loss"].backward()
             if t.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used (before the scheduler moves it)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -214,8 +228,10 @@ def train(
             images_seen += len(x) * dist.world_size
             if step % t.log_every == 0 or step == total_steps:
                 rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                row = {k: float(v.detach()) for k, v in terms.items()}
-                row.update(lr=scheduler.get_last_lr()[0], beta=beta, images_per_s=rate)
+                # the global batch's means (every rank logs at the same steps; only rank 0 writes)
+                means = mean_over_ranks(torch.stack([v.detach().float() for v in terms.values()]))
+                row = dict(zip(terms, means.tolist(), strict=True))
+                row.update(lr=lr, beta=beta, images_per_s=rate)
                 log.write(step, epoch + 1, "train", row)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("lr", "beta")})
                 window_start, window_images = time.perf_counter(), 0
@@ -237,7 +253,10 @@ def train(
                 progress_state["bad_evals"] += 1
             patience = t.early_stopping_patience
             stop_early = patience is not None and progress_state["bad_evals"] >= patience
-        progress_state.update(epoch=finished, step=step)
+            # rank 0 decides (its checkpoints are the run's): ranks' noise and BatchNorm statistics
+            # differ, and a rank that stopped alone would leave the others waiting forever
+            stop_early = broadcast_from_main(stop_early)
+        progress_state.update(epoch=finished, step=step, stopped_early=stop_early)
         progress_state["wall_time"] += time.perf_counter() - started
         started = time.perf_counter()
         if dist.is_main:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from vaekit.data import to_unit_range
+from vaekit.errors import VaekitError
 from vaekit.models import VAE, VQVAE
 from vaekit.report import save_grid, save_interpolation, save_reconstructions
 
@@ -24,7 +25,10 @@ def _kind(model: nn.Module) -> str:
 def sample_images(model: nn.Module, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
     """Decode z ~ N(0, I): ``[num_samples, C, H, W]`` in [0, 1]. VQ-VAEs need a prior (none yet)."""
     if isinstance(model, VQVAE):
-        model.sample(num_samples)  # raises, saying a prior over codes is needed
+        raise VaekitError(
+            "a VQ-VAE has no prior to sample from yet (it needs one over code indices, e.g. a PixelCNN "
+            "fitted to `vaekit encode` output); use `vaekit reconstruct` or `vaekit interpolate`"
+        )
     device = next(model.parameters()).device
     z = torch.randn(num_samples, model.latent_dim, generator=generator).to(device)
     return to_unit_range(model.likelihood.mean(model.decode(z)), _kind(model)).cpu()

@@ -14,8 +14,20 @@ import numpy as np
 import torch
 
 from vaekit.errors import VaekitError
+from vaekit.evaluate import add_evaluate_parser, cmd_evaluate
 
 EXIT_USER_ERROR = 2
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a count of at least 1 (``-n 0`` or ``-n -1`` is refused, not a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -56,20 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw images from the prior of a trained VAE")
     _add_run(p)
-    p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("-n", "--num", type=_positive_int, default=64, help="number of samples (default 64)")
     p.add_argument("-o", "--output", default="samples.png", help="PNG file (default samples.png)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("reconstruct", help="originals beside their reconstructions")
     _add_run(p)
-    p.add_argument("-n", "--num", type=int, default=32)
+    p.add_argument("-n", "--num", type=_positive_int, default=32)
     p.add_argument("--split", default=None, help="data split (default: the config's test split)")
     p.add_argument("-o", "--output", default="reconstructions.png")
 
     p = sub.add_parser("interpolate", help="decode straight lines between the latents of test images")
     _add_run(p)
-    p.add_argument("--pairs", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--pairs", type=_positive_int, default=8)
+    p.add_argument("--steps", type=_positive_int, default=10)
     p.add_argument("--split", default=None)
     p.add_argument("-o", "--output", default="interpolation.png")
 
@@ -77,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(p)
     p.add_argument("--split", default="test")
     p.add_argument("-o", "--output", required=True, help="output .npz file")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
 
+    add_evaluate_parser(sub)
     sub.add_parser("datasets", help="list the data sources and where their files were found")
     return parser
 
@@ -88,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from vaekit.config import load_config, save_config
     from vaekit.distributed import cleanup_distributed, setup_distributed
-    from vaekit.runs import choose_run_dir, finalize_run
+    from vaekit.runs import choose_run_dir, clear_run_dir, finalize_run
     from vaekit.train import train
 
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
@@ -117,6 +130,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     def on_start() -> None:  # the data and model are ready: nothing has failed on bad input so far
         if dist.is_main:
+            if args.force:  # only now: a new config that fails to start leaves the old run whole
+                clear_run_dir(run_dir)
             print(f"vaekit: training {cfg.model.name} on {cfg.data.name} into {run_dir}", file=sys.stderr)
             if args.resume and args.overrides:  # the run directory describes what it ran
                 save_config(cfg, run_dir / "config.yaml")
@@ -166,8 +181,10 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 
 
 def _load(args: argparse.Namespace):
+    from vaekit.distributed import pick_device
     from vaekit.runs import load_run
 
+    args.device = pick_device(args.device)  # a user error, not a traceback, when there is no such device
     return load_run(args.run, args.checkpoint, map_location=args.device)
 
 
@@ -258,6 +275,7 @@ COMMANDS = {
     "reconstruct": cmd_reconstruct,
     "interpolate": cmd_interpolate,
     "encode": cmd_encode,
+    "evaluate": cmd_evaluate,
     "datasets": cmd_datasets,
 }
 

@@ -148,6 +148,36 @@ def test_user_error_in_a_real_process(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_not_there(tmp_path, cli, vae_run):
+    assert_user_error(_train(cli, "--out", tmp_path / "r", "--set", "train.device=cuda"), "'cuda'", "no CUDA")
+    assert not (tmp_path / "r").exists()
+    out = tmp_path / "s.png"
+    assert_user_error(cli("sample", vae_run, "--device", "cuda:1", "-o", out), "'cuda:1'", "no CUDA")
+    assert_user_error(cli("reconstruct", vae_run, "--device", "gpu", "-o", out), "unknown device 'gpu'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("sample", "-n", "0"),
+        ("sample", "-n", "-1"),
+        ("reconstruct", "-n", "x"),
+        ("interpolate", "--steps", "0"),
+        ("interpolate", "--pairs", "0"),
+        ("encode", "--batch-size", "0"),
+    ],
+)
+def test_counts_must_be_positive(tmp_path, capsys, vae_run, argv):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error, before any work
+        main([argv[0], str(vae_run), *argv[1:], "-o", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected a positive integer" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- run directories
 
 
@@ -166,6 +196,17 @@ def test_existing_out_is_never_overwritten(tmp_path, cli, vae_run):
 
     (tmp_path / "file").write_text("x")
     assert_user_error(_train(cli, "--out", tmp_path / "file", *sets(*TINY)), "is a file")
+
+
+def test_force_keeps_the_old_run_until_the_new_one_can_start(tmp_path, cli, vae_run):
+    """--force deletes the old run only once the new run's data and model are ready: a new config
+    that fails (here: no such data) leaves the old run as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(vae_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    overrides = (*TINY, "data.name=cifar10", f"data.path={tmp_path / 'nowhere'}")
+    assert_user_error(_train(cli, "--out", run, "--force", *sets(*overrides)), "CIFAR-10")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_default_run_dir_is_never_reused(tmp_path, cli, monkeypatch):

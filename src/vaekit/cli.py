@@ -97,10 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import torch.distributed as torch_dist
-
     from vaekit.config import load_config, save_config
-    from vaekit.distributed import cleanup_distributed, setup_distributed
+    from vaekit.distributed import broadcast_from_main, cleanup_distributed, setup_distributed
     from vaekit.runs import choose_run_dir, clear_run_dir, finalize_run
     from vaekit.train import train
 
@@ -123,10 +121,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = load_config(args.config, args.overrides)
     dist = setup_distributed(cfg.train.device)
     if not args.resume:
-        chosen = [choose_run_dir(args.config, args.out, args.force) if dist.is_main else None]
-        if dist.world_size > 1:  # every rank must write to (and read from) rank 0's choice
-            torch_dist.broadcast_object_list(chosen, src=0)
-        run_dir = chosen[0]
+        chosen: Path | VaekitError | None = None
+        if dist.is_main:
+            try:
+                chosen = choose_run_dir(args.config, args.out, args.force)
+            except VaekitError as err:  # raised on every rank below: none waits for a choice
+                chosen = err
+        chosen = broadcast_from_main(chosen)  # every rank writes to (and reads from) rank 0's choice
+        if isinstance(chosen, VaekitError):
+            cleanup_distributed()
+            raise chosen
+        run_dir = chosen
 
     def on_start() -> None:  # the data and model are ready: nothing has failed on bad input so far
         if dist.is_main:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from vaekit.errors import VaekitError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -32,12 +34,26 @@ class DistInfo:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` means this process's GPU if there is one, else the CPU."""
+    """``auto`` means this process's GPU if there is one, else the CPU. A device this machine does not
+    have (``cuda`` without a GPU, ``cuda:3`` with two) is a :class:`VaekitError`."""
+    asked = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VaekitError(f"unknown device {asked!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise VaekitError(f"device {asked!r}: this PyTorch sees no CUDA GPU; use cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise VaekitError(
+                f"device {asked!r}: there are only {count} CUDA GPU(s), cuda:0..cuda:{count - 1}"
+            )
+    return device
 
 
 def setup_distributed(device_name: str = "auto") -> DistInfo:

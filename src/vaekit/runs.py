@@ -26,7 +26,10 @@ from vaekit.visualize import write_pictures
 
 def choose_run_dir(config_path: str | None, out: str | None, force: bool, root: Path = Path("runs")) -> Path:
     """``--out DIR`` as given (refusing a non-empty one unless ``force``), else ``runs/<config name>``
-    with ``-2``, ``-3``… appended when that exists: a run never overwrites another by accident."""
+    with ``-2``, ``-3``… appended when that exists: a run never overwrites another by accident.
+
+    With ``force`` the run found there is checked, not deleted: :func:`clear_run_dir` deletes it once
+    the new run's data and model are ready, so a new config that fails keeps the old run whole."""
     if out is not None:
         path = Path(out)
         if path.exists() and not path.is_dir():
@@ -42,7 +45,6 @@ def choose_run_dir(config_path: str | None, out: str | None, force: bool, root: 
                     f"--force would delete {path}, which is not a vaekit run (no config.yaml); "
                     "choose another --out or remove it yourself"
                 )
-            shutil.rmtree(path)
         return path
     stem = Path(config_path).stem if config_path else "default"
     path, n = root / stem, 1
@@ -50,6 +52,12 @@ def choose_run_dir(config_path: str | None, out: str | None, force: bool, root: 
         n += 1
         path = root / f"{stem}-{n}"
     return path
+
+
+def clear_run_dir(path: Path) -> None:
+    """Delete the run at ``path`` that ``--force`` replaces (only a vaekit run: one with config.yaml)."""
+    if (path / "config.yaml").is_file():
+        shutil.rmtree(path)
 
 
 def load_run(run_dir: str | Path, which: str = "best", map_location: Any = "cpu") -> tuple[Config, nn.Module]:

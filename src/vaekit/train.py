@@ -89,7 +89,9 @@ def loss_terms(model: nn.Module, outputs: tuple, beta: float) -> dict[str, torch
 def evaluate_loss(model: nn.Module, data: ImageData, cfg: Config, device: torch.device) -> dict[str, float]:
     """Mean loss terms per example over a whole split (β = 1: the ELBO), in eval mode.
 
-    The split is binarized (if at all) with a fixed seed, so every evaluation sees the same data.
+    The split is binarized (if at all) with a fixed seed, so every evaluation sees the same data, and
+    the reparameterization noise comes from a fixed seed too, in a forked RNG: the same weights always
+    get the same numbers, and evaluating leaves the training run's random stream untouched.
     """
     was_training = model.training
     model.eval()
@@ -106,12 +108,14 @@ def evaluate_loss(model: nn.Module, data: ImageData, cfg: Config, device: torch.
     )
     sums: dict[str, float] = {}
     count = 0
-    for x, _ in loader:
-        x = x.to(device)
-        terms = loss_terms(model, model(x), beta=1.0)
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + float(value) * len(x)
-        count += len(x)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(1234)
+        for x, _ in loader:
+            x = x.to(device)
+            terms = loss_terms(model, model(x), beta=1.0)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * len(x)
+            count += len(x)
     model.train(was_training)
     return {key: value / count for key, value in sums.items()}
 

@@ -70,7 +70,8 @@ def write_pictures(
 ) -> dict[str, Path]:
     """Write ``samples.png`` (VAEs), ``reconstructions.png`` and ``interpolation.png``; return their paths.
 
-    ``test_batch`` holds held-out images in the model's value range, on the model's device.
+    ``test_batch`` holds held-out images in the model's value range, on the model's device. Data
+    files are often sorted by class, so the pictures take images spread over the whole batch.
     """
     was_training = model.training
     model.eval()
@@ -78,13 +79,14 @@ def write_pictures(
     gen = torch.Generator().manual_seed(0)
     if isinstance(model, VAE):
         paths["samples"] = save_grid(sample_images(model, num_samples, gen), out_dir / "samples.png")
-    shown = test_batch[: min(32, len(test_batch))]
+    shown = test_batch[torch.linspace(0, len(test_batch) - 1, min(32, len(test_batch))).long()]
     originals = to_unit_range(shown, _kind(model)).cpu()
     paths["reconstructions"] = save_reconstructions(
         originals, reconstruct_images(model, shown), out_dir / "reconstructions.png"
     )
-    pairs = max(1, min(8, len(test_batch) // 2))  # the first images travel to the last ones
-    frames = interpolate_images(model, test_batch[:pairs], test_batch[-pairs:].flip(0))
+    pairs = max(1, min(8, len(test_batch) // 2))
+    picks = torch.linspace(0, len(test_batch) - 1, 2 * pairs).long()  # first half -> second half reversed
+    frames = interpolate_images(model, test_batch[picks[:pairs]], test_batch[picks[pairs:]].flip(0))
     paths["interpolation"] = save_interpolation(frames, out_dir / "interpolation.png")
     model.train(was_training)
     return paths

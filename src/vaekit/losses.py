@@ -21,9 +21,10 @@ from torch import Tensor
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _sum_except_batch(t: Tensor, batch_dims: int = 1) -> Tensor:
-    """Sum over every dimension after the first ``batch_dims``."""
-    return t.flatten(start_dim=batch_dims).sum(dim=-1)
+def _sum_event(elementwise: Tensor, x: Tensor) -> Tensor:
+    """Sum over the dimensions of one example of ``x`` (all but its first), keeping any leading
+    sample dimensions that broadcasting added: ``[..., B, *event] -> [..., B]``."""
+    return elementwise.flatten(start_dim=elementwise.dim() - (x.dim() - 1)).sum(dim=-1)
 
 
 # --- Divergences --------------------------------------------------------------------------------
@@ -57,9 +58,11 @@ def bernoulli_log_likelihood(x: Tensor, logits: Tensor) -> Tensor:
     The seed's formula ``Σ_i x_i log y_i + (1 − x_i) log(1 − y_i)`` evaluated from logits ℓ as
     ``Σ_i x_i ℓ_i − softplus(ℓ_i)`` (equal to it, and finite for any ℓ). Targets x may lie
     anywhere in [0, 1] (the "continuous Bernoulli" use the seed mentions): then the value is a
-    cross-entropy, not a normalised log-likelihood. ``x, logits: [B, ...] -> [B]``.
+    cross-entropy, not a normalised log-likelihood. ``x: [B, ...]``; ``logits: [B, ...]``, or
+    ``[S, B, ...]`` for S decoder samples per example (x is broadcast, never copied) ``-> [B]``
+    or ``[S, B]``.
     """
-    return -_sum_except_batch(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
+    return _sum_event(x * logits - F.softplus(logits), x)
 
 
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor | float = 0.0) -> Tensor:
@@ -67,12 +70,12 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor | float =
 
     ``Σ_i −½ log 2π − log σ_i − (x_i − mean_i)² / (2σ_i²)``, with ``log_scale = log σ`` fixed (a
     float) or learned (a tensor broadcastable to x, e.g. one per channel ``[C, 1, 1]``).
-    ``x, mean: [B, ...] -> [B]``.
+    ``x: [B, ...]``; ``mean: [B, ...]`` or ``[S, B, ...]`` ``-> [B]`` or ``[S, B]``.
     """
     log_scale = torch.as_tensor(log_scale, dtype=mean.dtype, device=mean.device)
     z = (x - mean) * torch.exp(-log_scale)
     elementwise = -0.5 * LOG_2PI - log_scale - 0.5 * z.pow(2)
-    return _sum_except_batch(elementwise.expand_as(x))
+    return _sum_event(elementwise.expand_as(z), x)
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:

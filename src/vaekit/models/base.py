@@ -214,8 +214,8 @@ class VAE(Pretrained, nn.Module):
         """log p(x|z) for z ``[S, B, D]`` -> ``[S, B]``, decoding all S·B codes in one batch."""
         num_samples, batch = z.shape[:2]
         recons = self.decode(z.reshape(num_samples * batch, -1))  # [S·B, ...]
-        x_rep = x.unsqueeze(0).expand(num_samples, *x.shape).reshape(num_samples * batch, *x.shape[1:])
-        return self.likelihood.log_prob(x_rep, recons).view(num_samples, batch)
+        recons = recons.view(num_samples, batch, *recons.shape[1:])  # [S, B, ...]
+        return self.likelihood.log_prob(x, recons)  # x broadcast over S, not copied: [S, B]
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

@@ -10,6 +10,7 @@ import torch
 from common import report, time_call
 
 from vaekit import MLPVAE
+from vaekit.evaluate import auto_chunk
 
 
 @torch.no_grad()
@@ -25,10 +26,10 @@ def main() -> None:
     for k in (100, 1000):
         with torch.no_grad():
             batched = time_call(
-                lambda k=k: model.log_px(x, num_samples=k, chunk_size=max(1, 20000 // len(x))), repeats=3
+                lambda k=k: model.log_px(x, num_samples=k, chunk_size=auto_chunk(x, k)), repeats=3
             )
         looped = time_call(lambda k=k: per_example(model, x, k, chunk=k), repeats=1, warmup=0)
-        for name, t in (("vectorised, chunked", batched), ("per-example loop", looped)):
+        for name, t in ((f"vectorised, chunk {auto_chunk(x, k)}", batched), ("per-example loop", looped)):
             rows.append(
                 {
                     "examples": len(x),

@@ -43,7 +43,10 @@ from vaekit.models import VAE, VQVAE
 
 DEFAULT_IW_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 100
-PIXEL_BUDGET = 50_000 * 784  # decoder outputs per log_px chunk: 50k images of 28×28
+# Decoder outputs per log_px call. A CPU is fastest with calls that stay in its caches (measured on
+# this project's 2-core machine: the MLP VAE scores ~2× more samples per second with ~1000 images of
+# 28×28 per call than with 20,000); a GPU wants large calls.
+PIXEL_BUDGET = {"cpu": 1000 * 784, "cuda": 50_000 * 784}
 DATA_NOTES = {
     "binary": "binary data: no offset; the split binarized once (seed {seed})",
     "8bit": "8-bit data: dequantized once (seed {seed}); bits/dim include the log 256 offset",
@@ -118,8 +121,10 @@ def to_bits_per_dim(nll_nats: float, num_dims: int, conversion: str) -> float:
 
 
 def auto_chunk(batch: Tensor, num_samples: int) -> int:
-    """Samples per decoder call such that batch × chunk outputs stay within :data:`PIXEL_BUDGET`."""
-    return max(1, min(num_samples, PIXEL_BUDGET // batch.numel()))
+    """Samples per decoder call such that batch × chunk outputs stay within the device's
+    :data:`PIXEL_BUDGET`."""
+    budget = PIXEL_BUDGET.get(batch.device.type, PIXEL_BUDGET["cuda"])
+    return max(1, min(num_samples, budget // batch.numel()))
 
 
 @torch.no_grad()

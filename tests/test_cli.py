@@ -4,6 +4,9 @@ encode, datasets)."""
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -92,19 +95,79 @@ def test_empty_folder(tmp_path, cli):
     assert_user_error(result, "no images", "empty")
 
 
-def test_corrupt_image_in_folder(tmp_path, cli):
-    images = tmp_path / "images"
+def _folder_with_a_corrupt_image(root: Path) -> tuple[str, ...]:
+    """16 small PNGs and broken.png under root/images; the overrides that train on them."""
+    images = root / "images"
     images.mkdir()
     for i in range(16):
         Image.fromarray(np.full((10, 10, 3), 16 * i, np.uint8)).save(images / f"{i:02d}.png")
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    overrides = (*TINY, "data.name=folder", f"data.path={images}", "data.image_size=8", "train.batch_size=2")
+    return (*TINY, "data.name=folder", f"data.path={images}", "data.image_size=8", "train.batch_size=2")
+
+
+def test_corrupt_image_in_folder(tmp_path, cli):
+    overrides = _folder_with_a_corrupt_image(tmp_path)
     result = _train(cli, "--out", tmp_path / "r", *sets(*overrides))
     # the file is only decoded once training has begun, after the "training … into" line
     assert result.rc == 2 and "Traceback" not in result.err
     lines = result.err.splitlines()
     assert len(lines) == 2 and lines[0].startswith("vaekit: training ")
     assert lines[1].startswith("vaekit: error: cannot decode image") and "broken.png" in lines[1]
+    assert not (tmp_path / "r").exists()  # no checkpoint, nothing to resume: the run leaves nothing
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_can_simply_be_rerun(tmp_path, cli):
+    """config.yaml, metrics.csv and tensorboard/ were written when the image turned out corrupt; they
+    go again, so the rerun is not refused as "already exists". An empty --out given stays, empty."""
+    overrides = _folder_with_a_corrupt_image(tmp_path)
+    out = tmp_path / "r"
+    out.mkdir()
+    assert "cannot decode image" in _train(cli, "--out", out, *sets(*overrides)).err
+    assert out.is_dir() and not any(out.iterdir())
+    (tmp_path / "images/broken.png").unlink()
+    result = _train(cli, "--out", out, *sets(*overrides))
+    assert result.rc == 0, result.err
+    assert (out / "metrics.json").is_file()
+
+
+def test_out_that_cannot_be_written(tmp_path, cli):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "r"
+    result = _train(cli, "--out", out, *sets(*TINY))
+    assert result.rc == 2 and "Traceback" not in result.err
+    assert result.err.splitlines()[-1] == f"vaekit: error: cannot write {out}: {os.strerror(errno.ENOTDIR)}"
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("failing_epoch", [1, 2])
+def test_a_checkpoint_that_cannot_be_written(tmp_path, cli, monkeypatch, failing_epoch):
+    """A full disk while writing a checkpoint is one line, exit 2. Before the first checkpoint the run
+    leaves nothing behind; after it, the run stays and --resume finishes it."""
+    import vaekit.train
+
+    real_save, saves = vaekit.train.save_training_checkpoint, []
+
+    def save(directory, *args):
+        saves.append(directory)
+        if len(saves) == failing_epoch:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "model.safetensors"))
+        real_save(directory, *args)
+
+    monkeypatch.setattr(vaekit.train, "save_training_checkpoint", save)
+    out = tmp_path / "r"
+    result = _train(cli, "--out", out, *sets(*TINY, "train.epochs=2"))
+    assert result.rc == 2 and "Traceback" not in result.err
+    assert result.err.splitlines()[-1] == (
+        f"vaekit: error: cannot write {out}/checkpoints/last/model.safetensors: No space left on device"
+    )
+    if failing_epoch == 1:
+        assert not out.exists()
+        return
+    monkeypatch.undo()
+    assert (out / "checkpoints/last").is_dir()
+    result = _train(cli, "--resume", out)
+    assert result.rc == 0, result.err
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
 
 
 def test_resume_and_sample_need_a_run(tmp_path, cli):
@@ -133,6 +196,12 @@ def test_debug_shows_the_traceback(tmp_path, cli):
         main(["--debug", "train", str(tmp_path / "nope.yaml")])
     with pytest.raises(VaekitError, match=r"unknown key train\.lrr"):
         main(["--debug", "train", "--set", "train.lrr=1"])
+    # after the command as well as before it
+    with pytest.raises(VaekitError, match="config file not found"):
+        main(["train", str(tmp_path / "nope.yaml"), "--debug"])
+    with pytest.raises(VaekitError, match="is not a vaekit run"):
+        main(["sample", "--debug", str(tmp_path), "-o", str(tmp_path / "s.png")])
+    assert_user_error(cli("train", tmp_path / "nope.yaml"), "config file not found")  # without it
 
 
 def test_user_error_in_a_real_process(tmp_path):

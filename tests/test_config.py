@@ -15,6 +15,7 @@ import torch
 from vaekit.config import (
     DATA_SOURCES,
     DEFAULT_MODEL,
+    DOWNLOADABLE,
     Config,
     ModelConfig,
     TrainConfig,
@@ -269,6 +270,22 @@ def test_data_sources_match_vaekit_data():
     from vaekit.data import SOURCES
 
     assert set(DATA_SOURCES) == set(SOURCES)
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "folder"])
+def test_download_only_for_sources_that_can_be_downloaded(name):
+    message = error_of([f"data.name={name}", "data.download=true"])
+    assert message.startswith("data.download works for mnist, fashion-mnist and cifar10; ")
+    assert f"{name} cannot be downloaded" in message and "data.download=false" in message
+
+
+def test_download_accepted_for_downloadable_sources():
+    from vaekit.data import DOWNLOADABLE as DATA_DOWNLOADABLE
+
+    assert DOWNLOADABLE == DATA_DOWNLOADABLE
+    for name in DOWNLOADABLE:
+        assert load_config(None, [f"data.name={name}", "data.download=true"]).data.download is True
+    assert load_config(None, ["data.name=folder", "data.download=false"]).data.download is False
 
 
 @pytest.mark.parametrize(

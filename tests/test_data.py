@@ -8,9 +8,11 @@ import functools
 import gzip
 import hashlib
 import http.server
+import io
 import os
 import pickle
 import struct
+import tarfile
 import threading
 from pathlib import Path
 
@@ -276,6 +278,26 @@ def test_download_missing_file_is_a_data_error(http_dir, tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "dl").iterdir() if p.name.endswith(".part")]
 
 
+def test_load_split_downloads_into_an_empty_data_path(http_dir, tmp_path, monkeypatch, isolated):
+    from vaekit.config import Config, DataConfig
+    from vaekit.train import load_split
+
+    served, url = http_dir
+    _serve_mnist(served, monkeypatch)
+    monkeypatch.setitem(idx.BASE_URLS, "mnist", [url])
+    dest = tmp_path / "empty"
+    dest.mkdir()
+    off = Config(data=DataConfig(name="mnist", path=str(dest), image_size=4))
+    with pytest.raises(DataError, match=r"--set data\.download=true"):
+        load_split(off, "train")  # download off: the error says how to turn it on
+    assert list(dest.iterdir()) == []
+    on = Config(data=DataConfig(name="mnist", path=str(dest), image_size=4, download=True))
+    data = load_split(on, "train")
+    assert data.location == str(dest) and data.images.shape == (6, 1, 4, 4)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(idx.CHECKSUMS["mnist"])
+    assert load_split(on, "test").images.shape == (4, 1, 4, 4)
+
+
 def test_checksum_table_is_complete():
     for name in idx.NAMES:
         table = idx.CHECKSUMS[name]
@@ -379,6 +401,131 @@ def test_cifar_errors(tmp_path, isolated):
     (tmp_path / "c" / "test_batch").write_bytes(b"\x80\x02}q\x00(")  # truncated
     with pytest.raises(DataError, match=r"cannot unpickle .*test_batch"):
         D.load_dataset("cifar10", path=tmp_path / "c", split="test")
+
+
+def test_missing_files_suggest_the_cli_download(tmp_path, isolated):
+    for call in (
+        lambda: D.load_dataset("cifar10", path=tmp_path),
+        lambda: D.load_dataset("cifar10"),
+        lambda: D.load_dataset("mnist", path=tmp_path),
+        lambda: D.load_dataset("mnist"),
+    ):
+        with pytest.raises(DataError, match=r"--set data\.download=true"):
+            call()
+    status = dict(D.describe_sources())
+    assert "--set data.download=true" in status["cifar10"] and "--set data.download=true" in status["mnist"]
+
+
+# --- CIFAR-10 download from a loopback server
+
+
+def _cifar_tar(path: Path, batches: Path, extra=()) -> str:
+    """A gzipped tar like cifar-10-python.tar.gz (the batch directory as cifar-10-batches-py/, then
+    the ``extra`` TarInfo members, given as (TarInfo, bytes or None)); returns its MD5."""
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(batches, arcname=cifar.SUBDIR)
+        for info, data in extra:
+            tar.addfile(info, None if data is None else io.BytesIO(data))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _serve_cifar(served: Path, tmp_path: Path, monkeypatch, extra=()) -> tuple[np.ndarray, ...]:
+    arrays = write_cifar(tmp_path / "made" / cifar.SUBDIR)
+    monkeypatch.setattr(
+        cifar, "ARCHIVE_MD5", _cifar_tar(served / cifar.ARCHIVE, tmp_path / "made" / cifar.SUBDIR, extra)
+    )
+    return arrays
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_cifar_download_verifies_unpacks_and_loads(http_dir, tmp_path, monkeypatch, isolated):
+    served, url = http_dir
+    xtr, ytr, xte, yte = _serve_cifar(served, tmp_path, monkeypatch)
+    dest = tmp_path / "dl"
+    assert D.download("cifar10", dest, base_url=url, timeout=5) == dest
+    assert _leftovers(dest) == [cifar.SUBDIR]  # the archive is deleted once unpacked
+    assert {p.name for p in (dest / cifar.SUBDIR).iterdir()} == {*cifar.TRAIN_FILES, "test_batch"}
+    train = D.load_dataset("cifar10", path=dest)
+    np.testing.assert_array_equal(train.images.numpy().reshape(-1, 3072), xtr)
+    np.testing.assert_array_equal(train.labels.numpy(), ytr)
+    test = D.load_dataset("cifar10", path=dest / cifar.SUBDIR, split="test")
+    np.testing.assert_array_equal(test.images.numpy().reshape(-1, 3072), xte)
+    # default place and mirror list: $VAEKIT_DATA/cifar10, found again without a path
+    monkeypatch.setattr(cifar, "BASE_URLS", [url])
+    assert D.download("cifar10", timeout=5) == tmp_path / "vaekit-data" / "cifar10"
+    assert D.load_dataset("cifar10", split="test").location == str(
+        tmp_path / "vaekit-data/cifar10" / cifar.SUBDIR
+    )
+
+
+def test_load_split_downloads_cifar10(http_dir, tmp_path, monkeypatch, isolated):
+    from vaekit.config import Config, DataConfig
+    from vaekit.train import load_split
+
+    served, url = http_dir
+    _, _, xte, _ = _serve_cifar(served, tmp_path, monkeypatch)
+    monkeypatch.setattr(cifar, "BASE_URLS", [url])
+    cfg = Config(data=DataConfig(name="cifar10", path=str(tmp_path / "empty"), download=True))
+    data = load_split(cfg, "test")
+    assert data.location == str(tmp_path / "empty" / cifar.SUBDIR)
+    np.testing.assert_array_equal(data.images.numpy().reshape(-1, 3072), xte)
+
+
+def test_cifar_download_wrong_checksum_extracts_nothing(http_dir, tmp_path, monkeypatch):
+    served, url = http_dir
+    _serve_cifar(served, tmp_path, monkeypatch)
+    monkeypatch.setattr(cifar, "ARCHIVE_MD5", "0" * 32)
+    dest = tmp_path / "dl"
+    with pytest.raises(DataError, match=r"checksum mismatch for .*cifar-10-python\.tar\.gz"):
+        D.download("cifar10", dest, base_url=url, timeout=5)
+    assert _leftovers(dest) == []  # no archive, no partial file, no batches
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes | None = b"boom") -> tuple:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    if kind == tarfile.REGTYPE:
+        info.size = len(data)
+    else:
+        info.linkname, data = "/etc/passwd", None
+    return info, data
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda t: _member("../evil"),
+        lambda t: _member(f"{cifar.SUBDIR}/../../evil"),
+        lambda t: _member(str(t / "abs-evil")),  # an absolute path
+        lambda t: _member(f"{cifar.SUBDIR}/link", tarfile.SYMTYPE),
+        lambda t: _member(f"{cifar.SUBDIR}/hard", tarfile.LNKTYPE),
+        lambda t: _member("elsewhere/evil"),
+    ],
+    ids=["dotdot", "inner-dotdot", "absolute", "symlink", "hardlink", "outside-subdir"],
+)
+def test_cifar_unsafe_archive_member_is_refused(http_dir, tmp_path, monkeypatch, bad):
+    served, url = http_dir
+    _serve_cifar(served, tmp_path, monkeypatch, extra=[bad(tmp_path)])
+    dest = tmp_path / "a" / "b" / "dl"
+    with pytest.raises(DataError, match=r"refusing to unpack cifar-10-python\.tar\.gz"):
+        D.download("cifar10", dest, base_url=url, timeout=5)
+    assert _leftovers(dest) == [cifar.ARCHIVE]  # verified, but nothing unpacked (no staging left)
+    assert (
+        not list(tmp_path.rglob("*evil"))
+        and not list(tmp_path.rglob("link"))
+        and not list(tmp_path.rglob("hard"))
+    )
+
+
+def test_download_of_a_source_that_has_no_download():
+    for name in ("folder", "mnist5k"):
+        with pytest.raises(
+            DataError, match="cannot be downloaded; download works for mnist, fashion-mnist, cifar10"
+        ):
+            D.download(name)
 
 
 # ---------------------------------------------------------------------------------------------------

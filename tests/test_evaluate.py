@@ -2,6 +2,7 @@
 the feature classifier and its cache, and `vaekit evaluate` end to end on tiny runs."""
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -269,8 +270,30 @@ def test_the_exemplar_fashion_protocol_checks_the_run(vae_run, tmp_path):
     gauss = _untrained_run(tmp_path / "fashion-gauss", *fashion, "model.likelihood=gaussian")
     with pytest.raises(VaekitError, match="bernoulli"):
         evaluate_run(gauss, protocol="exemplar-fashion", progress=False)
+    no_valid = _untrained_run(tmp_path / "no-valid", *fashion, "data.valid_split=null")
+    with pytest.raises(VaekitError, match="valid_split=valid-10k"):  # else "best" is picked on test
+        evaluate_run(no_valid, protocol="exemplar-fashion", progress=False)
+    resized = _untrained_run(tmp_path / "resized", *fashion, "data.image_size=32")
+    with pytest.raises(VaekitError, match="native size"):
+        evaluate_run(resized, protocol="exemplar-fashion", progress=False)
     assert PROTOCOLS["exemplar-fashion"].published["VAE"] == 228.70
     assert not any(p.exists() for p in (tmp_path / "x.json", run / "evaluation.json"))
+
+
+def test_the_protocol_binarizes_the_test_set_with_its_own_seed(tmp_path, monkeypatch):
+    # --seed moves the importance samples, never the protocol's test set (binarized once, seed 0)
+    fashion = ("data.name=fashion-mnist", "data.train_split=train-50k", "data.valid_split=valid-10k")
+    run = _untrained_run(tmp_path / "fashion", *fashion, "data.binarize=true")
+    quick = dataclasses.replace(PROTOCOLS["exemplar-fashion"], iw_samples=2)
+    monkeypatch.setitem(PROTOCOLS, "exemplar-fashion", quick)
+    results = [
+        evaluate_run(run, protocol="exemplar-fashion", seed=seed, sample_metrics=False, progress=False)
+        for seed in (0, 7)
+    ]
+    assert [r["data_seed"] for r in results] == [0, 0] and [r["seed"] for r in results] == [0, 7]
+    assert all("seed 0" in r["data_note"] for r in results)
+    assert results[0]["recon_mse"] == results[1]["recon_mse"]  # the same binarized images
+    assert results[0]["nll_nats"] != results[1]["nll_nats"]  # other importance samples
 
 
 def test_nll_stderr_of_the_mean_combines_the_per_example_errors(ppca):

@@ -25,7 +25,8 @@ def test_psnr_data_range_and_identical_images():
     x = torch.zeros(2, 3, 4, 4)
     y = x + 25.5
     assert metrics.psnr(x, y, data_range=255.0).tolist() == pytest.approx([20.0, 20.0])
-    assert torch.isinf(metrics.psnr(x, x)).all()
+    assert metrics.psnr(x, x).tolist() == [100.0, 100.0]  # capped: a finite, JSON-safe number
+    assert metrics.psnr(x, x + 1e-6).tolist() == pytest.approx([100.0, 100.0])  # 120 dB, capped
 
 
 # --------------------------------------------------------------------------- SSIM
@@ -266,6 +267,26 @@ def test_active_units_counts_dead_dimensions():
     assert variances.shape == (6,)
     assert variances[1] == 0 and variances[3] < 1e-3
     assert metrics.active_units(mu, threshold=0.1)[0] == 3
+
+
+def test_active_units_of_a_model_with_dead_latent_dimensions():
+    from vaekit.evaluate import latent_metrics
+    from vaekit.models import LinearGaussianVAE
+
+    torch.manual_seed(0)
+    model = LinearGaussianVAE(data_dim=10, latent_dim=6)
+    with torch.no_grad():
+        model.encoder.weight[[1, 4]] = 0.0  # μ_1, μ_4 ignore x: Var_x μ = 0, dead units
+        model.encoder.weight[2] *= 0.01  # Var_x μ_2 ≈ 1e-4 · ‖a_2‖² ≪ 0.01: inactive too
+        model.encoder_log_var[[1, 4]] = 0.0  # and their posterior is the prior: KL 0
+        model.encoder.bias[[1, 4]] = 0.0
+    x = torch.randn(2000, 10)
+    res = latent_metrics(model, x.split(500))
+    assert res["active_units"] == 3 and res["latent_dim"] == 6
+    kl = torch.tensor(res["kl_per_dim"])
+    assert kl[1] == pytest.approx(0.0, abs=1e-6) and kl[4] == pytest.approx(0.0, abs=1e-6)
+    assert kl[[0, 3, 5]].min() > 0.05  # the active ones carry information
+    assert res["kl_nats"] == pytest.approx(float(kl.sum()))
 
 
 def test_kl_per_dim_matches_torch_distributions():

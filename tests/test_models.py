@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from seed_reference import SeedVanillaVAE
-from vaekit import MLPVAE, VQVAE, VanillaVAE, load_model, losses
+from vaekit import MLPVAE, VQVAE, ConvVAE, VanillaVAE, load_model, losses
 
 SIZES = [
     (1, 28, 28),
@@ -69,15 +69,68 @@ def test_a_script_written_for_the_seed_runs_unchanged():
     assert model.generate(real_img).shape == real_img.shape
 
 
+def test_a_vqvae_script_written_for_pytorch_vae_runs_unchanged():
+    # PyTorch-VAE's VQVAE experiment: config keys name/img_size, forward unpacks to three values,
+    # loss_function takes M_N and the experiment's extra keywords, generate() for reconstructions
+    model_params = {"name": "VQVAE", "in_channels": 3, "embedding_dim": 64, "num_embeddings": 512}
+    model = VQVAE(**model_params, img_size=32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    real_img = torch.rand(4, 3, 32, 32) * 2 - 1
+    results = model(real_img)
+    recons, input, vq_loss = results
+    train_loss = model.loss_function(*results, M_N=0.00025, optimizer_idx=0, batch_idx=0)
+    optimizer.zero_grad()
+    train_loss["loss"].backward()
+    optimizer.step()
+    assert set(train_loss) >= {"loss", "Reconstruction_Loss", "VQ_Loss"}
+    torch.testing.assert_close(train_loss["loss"], train_loss["Reconstruction_Loss"] + vq_loss.detach())
+    assert recons.shape == input.shape == real_img.shape
+    assert model.generate(real_img).shape == real_img.shape
+
+
 @pytest.mark.parametrize("shape", SIZES)
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_conv_vae_shapes(shape, likelihood):
+def test_vanilla_vae_shapes(shape, likelihood):
     model = VanillaVAE(shape[0], 8, hidden_dims=[8, 16, 32], image_size=shape[1:], likelihood=likelihood)
     x = torch.rand(2, *shape)
     recons, input, mu, log_var = model(x)
     assert recons.shape == x.shape and mu.shape == log_var.shape == (2, 8)
     assert model.sample(3).shape == (3, *shape)
     assert model.reconstruct(x).shape == x.shape
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28), (1, 30, 50), (3, 64, 64)])
+def test_seed_default_architecture_at_other_sizes(shape):
+    # the seed's five stride-2 stages, which its hard-coded view(-1, 512, 2, 2) tied to 64×64
+    model = VanillaVAE(shape[0], 16, image_size=shape[1:]).eval()
+    x = torch.rand(2, *shape) * 2 - 1
+    assert model(x).recons.shape == x.shape and model.sample(3).shape == (3, *shape)
+    assert model.feature_shape == (512, *(-(-side // 32) for side in shape[1:]))  # ⌈side / 2⁵⌉
+
+
+@pytest.mark.parametrize("shape", SIZES)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_light_conv_vae_shapes(shape, likelihood):
+    model = ConvVAE(shape[0], 8, hidden_dims=[8, 16], fc_dim=32, image_size=shape[1:], likelihood=likelihood)
+    x = torch.rand(2, *shape)
+    recons, input, mu, log_var = model(x)
+    assert recons.shape == x.shape and mu.shape == log_var.shape == (2, 8)
+    assert model.feature_shape == (16, shape[1] // 4, shape[2] // 4)  # two ⌊n/2⌋ stages
+    samples = model.sample(3)
+    assert samples.shape == (3, *shape)
+    in_range = (samples.min() >= 0) if likelihood == "bernoulli" else (samples.abs().max() <= 1)
+    assert in_range
+
+
+def test_light_conv_vae_example_likelihood_does_not_depend_on_its_batch():
+    # no BatchNorm: an image's ELBO terms are the same alone or among others (DDP = one process)
+    torch.manual_seed(0)
+    model = ConvVAE(1, 4, hidden_dims=[4, 8], fc_dim=16, image_size=12).train()
+    x = torch.bernoulli(torch.full((6, 1, 12, 12), 0.4))
+    mu, log_var = model.encode(x)
+    mu_one, log_var_one = model.encode(x[2:3])
+    torch.testing.assert_close(mu[2:3], mu_one)
+    torch.testing.assert_close(log_var[2:3], log_var_one)
 
 
 @pytest.mark.parametrize("shape", SIZES)
@@ -105,7 +158,7 @@ def test_bernoulli_head_gives_logits_and_images_in_unit_range():
     assert isinstance(VanillaVAE(1, 4, hidden_dims=[8], image_size=8).final_layer[-1], torch.nn.Tanh)
 
 
-@pytest.mark.parametrize("model_cls", [VanillaVAE, MLPVAE])
+@pytest.mark.parametrize("model_cls", [VanillaVAE, MLPVAE, ConvVAE])
 def test_loss_without_m_n_is_the_negative_elbo_in_nats(model_cls):
     torch.manual_seed(0)
     model = model_cls(1, 6, hidden_dims=[16, 32], image_size=12, likelihood="bernoulli")
@@ -175,6 +228,8 @@ def test_save_load_round_trip(tmp_path):
     vae(x * 2 - 1)  # move BatchNorm running stats off their initial values
     _identical_after_reload(vae, x * 2 - 1, tmp_path / "a")
     _identical_after_reload(MLPVAE(3, 5, hidden_dims=[7], image_size=(20, 24)), x, tmp_path / "b")
+    conv = ConvVAE(3, 5, hidden_dims=[4, 8], fc_dim=16, image_size=(21, 24), likelihood="gaussian")
+    _identical_after_reload(conv, torch.rand(2, 3, 21, 24), tmp_path / "d")
     vq = VQVAE(3, 4, 8, hidden_dims=[8], image_size=(20, 24), num_residual_layers=1, ema=True)
     vq(x)
     loaded = _identical_after_reload(vq, x, tmp_path / "c")
@@ -197,6 +252,8 @@ def test_wrong_input_gets_a_clear_value_error():
         VQVAE(1, image_size=3, hidden_dims=[8, 16])
     with pytest.raises(ValueError, match="expects 1 input channels"):
         MLPVAE(1, 4, image_size=28)(torch.rand(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"ConvVAE: image size 3×8 is too small.*need at least 4×4"):
+        ConvVAE(1, 4, hidden_dims=[4, 8], image_size=(3, 8))
     with pytest.raises(TypeError, match="latent_dimm"):
         VanillaVAE(3, 8, latent_dimm=3)
     with pytest.raises(ValueError, match="likelihood"):

@@ -274,3 +274,23 @@ def test_distributed_ranks_share_one_codebook(tmp_path):
     single(torch.cat(list(data)))  # one process on both ranks' data: the same EMA step
     for name, value in single.state_dict().items():
         assert torch.allclose(states[0]["ema"][name], value, atol=1e-6), name
+
+
+def test_seed_quantizer_weights_load_strictly_and_give_the_seeds_outputs():
+    from seed_reference import SeedVectorQuantizer
+
+    torch.manual_seed(0)
+    seed = SeedVectorQuantizer(32, 8)
+    ours = VectorQuantizer(32, 8)
+    ours.load_state_dict(seed.state_dict())  # strict: a plain quantizer saves only the codebook
+    assert set(ours.state_dict()) == set(seed.state_dict()) == {"embedding.weight"}
+    latents = torch.randn(3, 8, 5, 4) * 0.05
+    seed_latents, our_latents = latents.clone().requires_grad_(), latents.clone().requires_grad_()
+    seed_out, seed_loss = seed(seed_latents)
+    our_out, our_loss = ours(our_latents)
+    torch.testing.assert_close(our_out, seed_out)
+    torch.testing.assert_close(our_loss, seed_loss)
+    (seed_out.sum() + seed_loss).backward()
+    (our_out.sum() + our_loss).backward()
+    torch.testing.assert_close(our_latents.grad, seed_latents.grad)
+    torch.testing.assert_close(ours.embedding.weight.grad, seed.embedding.weight.grad)

@@ -506,6 +506,17 @@ def test_bf16_autocast_on_cpu(tmp_path, cli, vae_run):
     assert all(abs(b / a - 1) < 0.02 for a, b in losses)
 
 
+@pytest.mark.slow
+def test_torch_compile_trains_the_same_model(tmp_path, cli, vae_run):
+    run = train_run(cli, tmp_path / "compiled", *TINY, "train.compile=true")
+    # compiled kernels round differently, but they train the same model on the same batches
+    eager, compiled = rows(vae_run, "train"), rows(run, "train")
+    assert len(eager) == len(compiled)
+    pairs = zip(eager, compiled, strict=True)
+    assert all(abs(float(b["loss"]) / float(a["loss"]) - 1) < 0.02 for a, b in pairs)
+    assert metrics(run)["test"]["ELBO"] > metrics(run)["untrained_test"]["ELBO"]
+
+
 def test_force_overwrites_a_run(tmp_path, cli, vae_run):
     run = tmp_path / "run"
     shutil.copytree(vae_run, run)
@@ -525,3 +536,87 @@ def test_resume_with_more_epochs_extends_the_run(tmp_path, cli, vae_run):
     assert metrics(run)["epochs"] == 2 and metrics(run)["steps"] == 34
     assert [int(r["epoch"]) for r in rows(run, "test")] == [1, 2]
     assert load_config(run / "config.yaml").train.epochs == 2  # the run directory says what it ran
+
+
+# --------------------------------------------------------------------------- schedules, clipping, progress
+
+
+def test_lr_factor_warms_up_linearly_then_follows_a_cosine_to_min_lr():
+    from vaekit.config import TrainConfig
+    from vaekit.train import lr_factor
+
+    f = lr_factor(TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=4), total_steps=12)  # then 8 of decay
+    assert [f(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert f(4) == pytest.approx(1.0)  # the decay starts at the full rate
+    assert f(6) == pytest.approx(0.868198, abs=1e-6)  # a quarter: 0.1 + 0.9 (1 + cos π/4) / 2
+    assert f(8) == pytest.approx(0.55)  # half-way: 0.1 + 0.9 / 2
+    assert f(12) == pytest.approx(0.1) and f(30) == pytest.approx(0.1)  # the end: min_lr / lr, and stays
+
+    g = lr_factor(TrainConfig(lr=1e-3, warmup_steps=0), total_steps=10)  # no warm-up, min_lr 0
+    assert [g(s) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+
+    const = lr_factor(TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2, schedule="constant"), 10)
+    assert [const(s) for s in (0, 1, 2, 5, 9, 10, 50)] == pytest.approx([0.5, 1, 1, 1, 1, 1, 1])
+
+
+def test_kl_weight_rises_linearly_to_beta_then_stays():
+    from vaekit.config import TrainConfig
+    from vaekit.train import kl_weight
+
+    t = TrainConfig(beta=2.0, kl_warmup_steps=10)
+    assert [kl_weight(t, s) for s in (0, 1, 5, 9, 10, 11, 1000)] == pytest.approx(
+        [0.0, 0.2, 1.0, 1.8, 2.0, 2.0, 2.0]
+    )
+    assert [kl_weight(TrainConfig(beta=0.5), s) for s in (0, 7)] == [0.5, 0.5]  # no warm-up
+
+
+def test_grad_clip_bounds_the_norm_of_the_gradients_the_optimizer_applies(tmp_path):
+    """A global optimizer hook sees every step's gradients: with train.grad_clip=0.05 their global
+    norm is 0.05 (each step's was larger, as the unclipped run shows), without it they are left alone."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from vaekit.train import train
+
+    norms: dict[str, list[float]] = {}
+    current: list[float] = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        current.append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        for clip in ("0.05", "null"):
+            current.clear()
+            train(load_config(None, (*TINY, f"train.grad_clip={clip}")), tmp_path / clip, progress=False)
+            norms[clip] = list(current)
+    finally:
+        handle.remove()
+    assert len(norms["0.05"]) == len(norms["null"]) == 4500 // 256
+    assert min(norms["null"]) > 1  # far above the bound: every step is clipped
+    assert all(0.05 * (1 - 1e-4) < n <= 0.05 * (1 + 1e-5) for n in norms["0.05"]), norms["0.05"]
+
+
+def test_progress_bar_shows_each_steps_losses_and_the_global_step(tmp_path, capsys, monkeypatch):
+    """The bar is redrawn at every update here (mininterval=0): each of the 17 steps appears with its
+    global step, its loss terms and a rate, whatever log_every (5 here) is."""
+    import functools
+
+    from tqdm import tqdm
+
+    import vaekit.train
+
+    monkeypatch.setattr(vaekit.train, "tqdm", functools.partial(tqdm, mininterval=0, miniters=1))
+    capsys.readouterr()
+    run = tmp_path / "r"
+    vaekit.train.train(load_config(None, TINY), run, progress=True)
+    frames = re.split(r"[\r\n]", capsys.readouterr().err)
+    shown = {}
+    for frame in frames:
+        found = re.match(r"epoch 1/1 step (\d+):.*loss=([^,]+),.*img/s=\d+", frame)
+        if found:
+            shown[int(found[1])] = found[2]
+    assert sorted(shown) == list(range(1, 18))
+    logged = {int(r["step"]): f"{float(r['loss']):.4g}" for r in rows(run, "train")}
+    assert sorted(logged) == [5, 10, 15, 17]
+    assert all(shown[step] == loss for step, loss in logged.items())  # the step's own loss

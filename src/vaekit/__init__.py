@@ -6,7 +6,17 @@ The public API is re-exported here; the math lives in :mod:`vaekit.losses`.
 from vaekit import losses
 from vaekit.checkpoint import load_model, save_model
 from vaekit.errors import ConfigError, DataError, VaekitError
-from vaekit.models import MLPVAE, MODELS, VAE, VQVAE, LinearGaussianVAE, VAEOutput, VanillaVAE, VQVAEOutput
+from vaekit.models import (
+    MLPVAE,
+    MODELS,
+    VAE,
+    VQVAE,
+    ConvVAE,
+    LinearGaussianVAE,
+    VAEOutput,
+    VanillaVAE,
+    VQVAEOutput,
+)
 from vaekit.quantize import QuantizerOutput, VectorQuantizer
 
 __version__ = "0.1.0"
@@ -17,6 +27,7 @@ __all__ = [
     "VAE",
     "VQVAE",
     "ConfigError",
+    "ConvVAE",
     "DataError",
     "LinearGaussianVAE",
     "QuantizerOutput",

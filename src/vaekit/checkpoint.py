@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,17 @@ from vaekit.errors import VaekitError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an :class:`OSError` in the block (a directory that cannot be created, a read-only or full
+    disk) into a :class:`VaekitError` naming the file and the operating system's reason."""
+    try:
+        yield
+    except OSError as err:
+        where = err.filename if err.filename is not None else path
+        raise VaekitError(f"cannot write {where}: {err.strerror or err}") from err
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

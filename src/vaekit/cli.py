@@ -17,6 +17,7 @@ from vaekit.errors import VaekitError
 from vaekit.evaluate import add_evaluate_parser, cmd_evaluate
 
 EXIT_USER_ERROR = 2
+DEBUG_HELP = "show tracebacks for user errors"
 
 
 def _positive_int(text: str) -> int:
@@ -40,7 +41,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaekit", description="Train, sample and inspect VAEs and VQ-VAEs.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a YAML config (default: conv VAE on mnist5k)")
@@ -93,10 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_parser(sub)
     sub.add_parser("datasets", help="list the data sources and where their files were found")
+    for command in sub.choices.values():  # `vaekit train --debug` as well as `vaekit --debug train`
+        # SUPPRESS: when it is not given after the command, the value before it stands
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from vaekit.checkpoint import writing
     from vaekit.config import load_config, save_config
     from vaekit.distributed import broadcast_from_main, cleanup_distributed, setup_distributed
     from vaekit.runs import choose_run_dir, clear_run_dir, finalize_run
@@ -139,7 +144,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                 clear_run_dir(run_dir)
             print(f"vaekit: training {cfg.model.name} on {cfg.data.name} into {run_dir}", file=sys.stderr)
             if args.resume and args.overrides:  # the run directory describes what it ran
-                save_config(cfg, run_dir / "config.yaml")
+                with writing(run_dir):
+                    save_config(cfg, run_dir / "config.yaml")
 
     try:
         progress = train(
@@ -160,6 +166,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                 f"`vaekit train --resume {run_dir}`",
                 file=sys.stderr,
             )
+        # the other ranks wait for rank 0's pictures: a rank that tears its process group down and
+        # exits while a peer still holds the connection can abort in gloo's threads
+        dist.barrier()
     finally:
         cleanup_distributed()
 

@@ -45,6 +45,7 @@ DEFAULT_MODEL: Mapping[str, Any] = types.MappingProxyType(
     {"name": "vanilla_vae", "latent_dim": 16, "hidden_dims": [32, 64, 128], "likelihood": "bernoulli"}
 )
 DATA_SOURCES = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "folder")  # = vaekit.data.SOURCES
+DOWNLOADABLE = ("mnist", "fashion-mnist", "cifar10")  # = vaekit.data.DOWNLOADABLE
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
@@ -230,13 +231,19 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "test"
     valid_split: str | None = None  # e.g. "valid-10k" for the 50k/10k/10k protocol; early stopping uses it
-    download: bool = False
+    download: bool = False  # fetch missing files (mnist, fashion-mnist, cifar10 only)
     num_workers: int = 2  # folder data only
 
     def __post_init__(self) -> None:
         _check_fields(self, "data")
         _check_choice(self.name, DATA_SOURCES, "data.name")
         _check_bounds(self, "data", {"image_size": 1, "channels": 1, "num_workers": 0})
+        if self.download and self.name not in DOWNLOADABLE:
+            how = "it is built in" if self.name == "mnist5k" else "pass data.path=DIR, a tree of image files"
+            raise ConfigError(
+                f"data.download works for {', '.join(DOWNLOADABLE[:-1])} and {DOWNLOADABLE[-1]}; "
+                f"{self.name} cannot be downloaded ({how}), so set data.download=false"
+            )
 
 
 @dataclass(frozen=True)

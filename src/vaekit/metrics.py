@@ -49,16 +49,20 @@ def _check_features(*feats: torch.Tensor) -> None:
 # --------------------------------------------------------------------------- image fidelity
 
 
+PSNR_MAX = 100.0  # dB: the PSNR of identical images
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image: ``PSNR = 10 · log10(data_range² / MSE)`` in dB.
 
-    x, y: ``[B, ...]``; the MSE is averaged over everything but the batch dimension. Identical
-    images give ``+inf``. Returns ``[B]`` float64.
+    x, y: ``[B, ...]``; the MSE is averaged over everything but the batch dimension. The MSE is
+    floored at ``1e-10 · data_range²``, so identical images give :data:`PSNR_MAX` (100 dB) instead
+    of ``+inf``, which no mean or JSON file survives. Returns ``[B]`` float64.
     """
     _check_same_shape(x, y, 1)
     diff = x.detach().double() - y.detach().double()
     mse = diff.pow(2).flatten(1).mean(dim=1) if diff.dim() > 1 else diff.pow(2)  # [B]
-    return 10.0 * torch.log10(data_range**2 / mse)
+    return 10.0 * torch.log10(data_range**2 / mse.clamp_min(data_range**2 * 10 ** (-PSNR_MAX / 10)))
 
 
 def _gaussian_1d(size: int, sigma: float) -> torch.Tensor:

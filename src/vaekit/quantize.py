@@ -164,8 +164,10 @@ class VectorQuantizer(nn.Module):
         if ema:
             self.register_buffer("ema_cluster_size", torch.ones(self.K))  # [K]
             self.register_buffer("ema_embed_sum", self.embedding.weight.detach().clone())  # [K, D]
-        self.register_buffer("code_usage_ema", torch.ones(self.K))  # [K]
-        self.register_buffer("initialized", torch.tensor(False))  # True once k-means init has run
+        # saved only when their option needs them, so a plain quantizer's state dict is the seed's
+        # (just the codebook) and loads either way strictly
+        self.register_buffer("code_usage_ema", torch.ones(self.K), persistent=restart_dead_codes)  # [K]
+        self.register_buffer("initialized", torch.tensor(False), persistent=kmeans_init)  # k-means done?
 
     def extra_repr(self) -> str:
         """Summary shown by ``print(module)``."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vaekit.checkpoint import atomic_write_bytes, load_model
+from vaekit.checkpoint import atomic_write_bytes, load_model, writing
 from vaekit.config import Config, dump_yaml, load_config
 from vaekit.data import ImageData, to_model_range
 from vaekit.errors import VaekitError
@@ -57,7 +57,11 @@ def choose_run_dir(config_path: str | None, out: str | None, force: bool, root: 
 def clear_run_dir(path: Path) -> None:
     """Delete the run at ``path`` that ``--force`` replaces (only a vaekit run: one with config.yaml)."""
     if (path / "config.yaml").is_file():
-        shutil.rmtree(path)
+        try:
+            shutil.rmtree(path)
+        except OSError as err:
+            where = err.filename or path
+            raise VaekitError(f"cannot delete the old run {where}: {err.strerror or err}") from err
 
 
 def load_run(run_dir: str | Path, which: str = "best", map_location: Any = "cpu") -> tuple[Config, nn.Module]:
@@ -114,16 +118,16 @@ def finalize_run(
     if isinstance(model, VAE):
         metrics["test_elbo_nats"] = test_terms["ELBO"]
         metrics["untrained_test_elbo_nats"] = progress["initial_test"]["ELBO"]
-    atomic_write_bytes(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
-
     batch = example_batch(test_data, model.likelihood.kind, 64, device)
-    pictures = write_pictures(model, batch, run_dir, num_samples=cfg.train.num_samples)
-    pictures["curves"] = plot_curves(read_metrics_csv(run_dir / "metrics.csv"), run_dir / "curves.png")
-    write_report_html(
-        run_dir / "report.html",
-        f"vaekit run {run_dir.name}",
-        metrics,
-        {name.capitalize(): path for name, path in pictures.items()},
-        dump_yaml(cfg),
-    )
+    with writing(run_dir):
+        atomic_write_bytes(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+        pictures = write_pictures(model, batch, run_dir, num_samples=cfg.train.num_samples)
+        pictures["curves"] = plot_curves(read_metrics_csv(run_dir / "metrics.csv"), run_dir / "curves.png")
+        write_report_html(
+            run_dir / "report.html",
+            f"vaekit run {run_dir.name}",
+            metrics,
+            {name.capitalize(): path for name, path in pictures.items()},
+            dump_yaml(cfg),
+        )
     return metrics

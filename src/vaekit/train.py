@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vaekit.checkpoint import load_training_checkpoint, save_model, save_training_checkpoint
+from vaekit.checkpoint import load_training_checkpoint, save_model, save_training_checkpoint, writing
 from vaekit.config import Config, TrainConfig, save_config
-from vaekit.data import ImageData, download, load_dataset, make_loader
+from vaekit.data import DOWNLOADABLE, ImageData, download, load_dataset, make_loader
 from vaekit.distributed import DistInfo, broadcast_from_main, mean_over_ranks, setup_distributed
 from vaekit.errors import ConfigError, DataError
 from vaekit.metrics_log import MetricsLog
@@ -41,13 +44,13 @@ def build_model(cfg: Config, shape: tuple[int, int, int]) -> nn.Module:
 
 
 def load_split(cfg: Config, split: str) -> ImageData:
-    """One split of ``cfg.data``; with ``data.download`` (MNIST, Fashion-MNIST), files that are not
-    found are first fetched and checksum-verified."""
+    """One split of ``cfg.data``; with ``data.download`` (mnist, fashion-mnist, cifar10), files that
+    are not found are first fetched and checksum-verified (into ``data.path``, or the user cache)."""
     d = cfg.data
     try:
         return load_dataset(d.name, d.path, split, image_size=d.image_size, channels=d.channels)
     except DataError:
-        if not (d.download and d.name in ("mnist", "fashion-mnist")):
+        if not (d.download and d.name in DOWNLOADABLE):
             raise
     download(d.name, d.path)
     return load_dataset(d.name, d.path, split, image_size=d.image_size, channels=d.channels)
@@ -120,6 +123,14 @@ def evaluate_loss(model: nn.Module, data: ImageData, cfg: Config, device: torch.
     return {key: value / count for key, value in sums.items()}
 
 
+def _remove_unfinished_run(out_dir: Path, keep_dir: bool) -> None:
+    """Delete what a fresh run wrote into ``out_dir`` (all of it: the directory was new, or empty when
+    the run began); ``keep_dir``: it was there before, so it stays, empty."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if keep_dir:
+        out_dir.mkdir(exist_ok=True)
+
+
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -138,13 +149,19 @@ def train(
     ``stop_after_epochs`` ends this invocation early with a checkpoint, as a preemption would;
     ``resume=True`` picks up from ``out_dir/checkpoints/last``. ``on_start`` is called once the
     data and model are ready, before anything is written (the command line announces the run there,
-    so a bad data path fails with one line).
+    so a bad data path fails with one line). A fresh run that fails before its first checkpoint
+    removes what it wrote (and ``out_dir`` itself when it made it): there is nothing to resume.
     """
     t = cfg.train
     dist: DistInfo = setup_distributed(t.device)
     device = dist.device
     torch.manual_seed(t.seed)
     if t.deterministic:
+        # cuBLAS is only deterministic with a fixed workspace, which it reads from this variable when
+        # it starts (the first matmul on CUDA); without it, deterministic mode raises there
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # benchmark mode times cuDNN's algorithms and keeps the fastest: the choice can differ per run
+        torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True)
     train_data, test_data = load_split(cfg, cfg.data.train_split), load_split(cfg, cfg.data.test_split)
     valid_data = load_split(cfg, cfg.data.valid_split) if cfg.data.valid_split else None
@@ -164,7 +181,9 @@ def train(
         num_workers=cfg.data.num_workers,
     )
     optimizer_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    # fused: one kernel for the whole update instead of a dozen per tensor (20% of a small model's step)
+    fused = device.type in ("cpu", "cuda")
+    optimizer = optimizer_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     total_steps = t.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t, total_steps))
 
@@ -179,96 +198,127 @@ def train(
         "wall_time": 0.0,
         "initial_test": None,
     }
-    if resume:
-        progress_state = load_training_checkpoint(
-            out_dir / "checkpoints" / "last", model, optimizer, scheduler
-        )
-    elif dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-    if progress_state["initial_test"] is None:  # the untrained model's numbers, for comparison
-        progress_state["initial_test"] = evaluate_loss(model, test_data, cfg, device)
-
-    ddp_model = model
-    if dist.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=dist.device_ids)
-    forward = torch.compile(ddp_model) if t.compile else ddp_model
-    step, start_epoch = progress_state["step"], progress_state["epoch"]
-    # rows a crash left after the checkpoint are dropped: the resumed run writes them again
-    log = MetricsLog(out_dir, enabled=dist.is_main, resume_step=step if resume else None)
-    end_epoch = start_epoch if progress_state.get("stopped_early") else t.epochs
-    started, images_seen = time.perf_counter(), 0
-    selection = "valid" if valid_data is not None else "test"
-
-    for epoch in range(start_epoch, end_epoch):
-        model.train()
-        if dist.rank > 0:  # own reparameterization noise per rank (rank 0's state is in the checkpoint;
-            # the others are re-derived each epoch, so a resumed DDP run draws the same numbers)
-            torch.manual_seed(int(np.random.SeedSequence([t.seed, epoch, dist.rank]).generate_state(1)[0]))
-        loader.set_epoch(epoch)
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{t.epochs}",
-            disable=not (progress and dist.is_main),
-            dynamic_ncols=True,
-            leave=False,
-        )
-        window_start, window_images = time.perf_counter(), 0
-        for x, _ in bar:
-            x = x.to(device, non_blocking=True)
-            beta = kl_weight(t, step)
-            with _autocast(device, t.precision):
-                outputs = forward(x)
-            terms = loss_terms(model, outputs, beta)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if t.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step used (before the scheduler moves it)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            window_images += len(x) * dist.world_size
-            images_seen += len(x) * dist.world_size
-            if step % t.log_every == 0 or step == total_steps:
-                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                # the global batch's means (every rank logs at the same steps; only rank 0 writes)
-                means = mean_over_ranks(torch.stack([v.detach().float() for v in terms.values()]))
-                row = dict(zip(terms, means.tolist(), strict=True))
-                row.update(lr=lr, beta=beta, images_per_s=rate)
-                log.write(step, epoch + 1, "train", row)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("lr", "beta")})
-                window_start, window_images = time.perf_counter(), 0
-
-        finished = epoch + 1
-        stop_early = False
-        if finished % t.eval_every == 0 or finished == t.epochs:
-            evals = {"test": evaluate_loss(model, test_data, cfg, device)}
-            if valid_data is not None:
-                evals["valid"] = evaluate_loss(model, valid_data, cfg, device)
-            for split, terms_eval in evals.items():
-                log.write(step, finished, split, terms_eval)
-            score = evals[selection]["loss"]
-            if score < progress_state["best"]:
-                progress_state.update(best=score, bad_evals=0, best_epoch=finished)
-                if dist.is_main:
-                    save_model(model, out_dir / "checkpoints" / "best")
-            else:
-                progress_state["bad_evals"] += 1
-            patience = t.early_stopping_patience
-            stop_early = patience is not None and progress_state["bad_evals"] >= patience
-            # rank 0 decides (its checkpoints are the run's): ranks' noise and BatchNorm statistics
-            # differ, and a rank that stopped alone would leave the others waiting forever
-            stop_early = broadcast_from_main(stop_early)
-        progress_state.update(epoch=finished, step=step, stopped_early=stop_early)
-        progress_state["wall_time"] += time.perf_counter() - started
-        started = time.perf_counter()
-        if dist.is_main:
-            save_training_checkpoint(
-                out_dir / "checkpoints" / "last", model, optimizer, scheduler, progress_state
+    # A fresh run that fails before its first checkpoint leaves nothing to resume; what it wrote would
+    # only make the rerun refuse its directory as taken, so it is removed again (if the run made it)
+    created = emptied = False
+    checkpointed = resume
+    # the bar shows every step's numbers, but on CUDA reading them waits for the GPU: every 10th there
+    show_every = 1 if device.type == "cpu" else 10
+    log = None
+    try:
+        if resume:
+            progress_state = load_training_checkpoint(
+                out_dir / "checkpoints" / "last", model, optimizer, scheduler
             )
-        if stop_early or (stop_after_epochs is not None and finished - start_epoch >= stop_after_epochs):
-            break
+        elif dist.is_main:
+            with writing(out_dir):
+                created = not out_dir.exists()
+                emptied = not created and out_dir.is_dir() and not any(out_dir.iterdir())
+                out_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, out_dir / "config.yaml")
+        if progress_state["initial_test"] is None:  # the untrained model's numbers, for comparison
+            progress_state["initial_test"] = evaluate_loss(model, test_data, cfg, device)
+
+        ddp_model = model
+        if dist.world_size > 1:
+            ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=dist.device_ids)
+        forward = torch.compile(ddp_model) if t.compile else ddp_model
+        step, start_epoch = progress_state["step"], progress_state["epoch"]
+        # rows a crash left after the checkpoint are dropped: the resumed run writes them again
+        with writing(out_dir):
+            log = MetricsLog(out_dir, enabled=dist.is_main, resume_step=step if resume else None)
+        end_epoch = start_epoch if progress_state.get("stopped_early") else t.epochs
+        started, images_seen = time.perf_counter(), 0
+        selection = "valid" if valid_data is not None else "test"
+
+        for epoch in range(start_epoch, end_epoch):
+            model.train()
+            if dist.rank > 0:  # own reparameterization noise per rank (rank 0's state is in the checkpoint;
+                # the others are re-derived each epoch, so a resumed DDP run draws the same numbers)
+                seeds = np.random.SeedSequence([t.seed, epoch, dist.rank])
+                torch.manual_seed(int(seeds.generate_state(1)[0]))
+            loader.set_epoch(epoch)
+            bar = tqdm(
+                loader,
+                desc=f"epoch {epoch + 1}/{t.epochs} step {step}",
+                disable=not (progress and dist.is_main),
+                dynamic_ncols=True,
+                leave=False,
+            )
+            window_start, window_images = time.perf_counter(), 0
+            recent = deque([(time.perf_counter(), images_seen)], maxlen=10 // show_every + 1)
+            for x, _ in bar:
+                x = x.to(device, non_blocking=True)
+                beta = kl_weight(t, step)
+                with _autocast(device, t.precision):
+                    outputs = forward(x)
+                terms = loss_terms(model, outputs, beta)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                if t.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                # the rate this step used (before the scheduler moves it)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                window_images += len(x) * dist.world_size
+                images_seen += len(x) * dist.world_size
+                if step % t.log_every == 0 or step == total_steps:
+                    rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                    # the global batch's means (every rank logs at the same steps; only rank 0 writes)
+                    means = mean_over_ranks(torch.stack([v.detach().float() for v in terms.values()]))
+                    row = dict(zip(terms, means.tolist(), strict=True))
+                    row.update(lr=lr, beta=beta, images_per_s=rate)
+                    log.write(step, epoch + 1, "train", row)
+                    window_start, window_images = time.perf_counter(), 0
+                if not bar.disable and step % show_every == 0:  # this step's terms (rank 0's share)
+                    recent.append((time.perf_counter(), images_seen))
+                    values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
+                    shown = {k: f"{v:.4g}" for k, v in zip(terms, values, strict=True)}
+                    (t0, n0), (t1, n1) = recent[0], recent[-1]  # over the last 10 or so steps
+                    shown["img/s"] = f"{(n1 - n0) / max(t1 - t0, 1e-9):.0f}"
+                    bar.set_description(f"epoch {epoch + 1}/{t.epochs} step {step}", refresh=False)
+                    bar.set_postfix(shown, refresh=False)  # drawn at tqdm's own pace (mininterval)
+
+            finished = epoch + 1
+            stop_early = False
+            if finished % t.eval_every == 0 or finished == t.epochs:
+                evals = {"test": evaluate_loss(model, test_data, cfg, device)}
+                if valid_data is not None:
+                    evals["valid"] = evaluate_loss(model, valid_data, cfg, device)
+                for split, terms_eval in evals.items():
+                    log.write(step, finished, split, terms_eval)
+                score = evals[selection]["loss"]
+                if score < progress_state["best"]:
+                    progress_state.update(best=score, bad_evals=0, best_epoch=finished)
+                    if dist.is_main:
+                        with writing(out_dir):
+                            save_model(model, out_dir / "checkpoints" / "best")
+                else:
+                    progress_state["bad_evals"] += 1
+                patience = t.early_stopping_patience
+                stop_early = patience is not None and progress_state["bad_evals"] >= patience
+                # rank 0 decides (its checkpoints are the run's): ranks' noise and BatchNorm statistics
+                # differ, and a rank that stopped alone would leave the others waiting forever
+                stop_early = broadcast_from_main(stop_early)
+            progress_state.update(epoch=finished, step=step, stopped_early=stop_early)
+            progress_state["wall_time"] += time.perf_counter() - started
+            started = time.perf_counter()
+            if dist.is_main:
+                with writing(out_dir):
+                    save_training_checkpoint(
+                        out_dir / "checkpoints" / "last", model, optimizer, scheduler, progress_state
+                    )
+                checkpointed = True
+            if stop_early or (stop_after_epochs is not None and finished - start_epoch >= stop_after_epochs):
+                break
+    except BaseException:
+        if log is not None:
+            log.close()
+        if dist.is_main and not checkpointed and (created or emptied):
+            _remove_unfinished_run(out_dir, keep_dir=emptied)
+        raise
     log.close()
     dist.barrier()
     return progress_state | {"images_seen_this_run": images_seen, "selection_split": selection}

@@ -30,16 +30,17 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vaekit.data import cifar, folder, idx, mnist5k
-from vaekit.data.idx import download
 from vaekit.errors import DataError
 
 __all__ = [
+    "DOWNLOADABLE",
     "LIKELIHOODS",
     "SOURCES",
     "FolderLoader",
@@ -100,6 +101,39 @@ def get_source(name: str) -> Source:
     close = difflib.get_close_matches(key, list(SOURCES), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise DataError(f"unknown data set {name!r}; {hint}choose one of: {', '.join(SOURCES)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# download
+
+#: The sources :func:`download` can fetch (what ``data.download: true`` accepts).
+DOWNLOADABLE = ("mnist", "fashion-mnist", "cifar10")
+
+
+def download(
+    name: str,
+    path: str | os.PathLike | None = None,
+    base_url: str | None = None,
+    *,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch and MD5-check the files of data set ``name`` into ``path`` (default: ``$VAEKIT_DATA/<name>``
+    or ``~/.cache/vaekit/<name>``, where :func:`load_dataset` looks first) and return the directory.
+
+    mnist / fashion-mnist: the four IDX ``.gz`` files (:func:`vaekit.data.idx.download`); cifar10:
+    the official ``cifar-10-python.tar.gz``, verified and then safely unpacked into
+    ``path/cifar-10-batches-py`` (:func:`vaekit.data.cifar.download`). ``base_url`` replaces the
+    default mirrors. Raises DataError for other sources, network errors and checksum mismatches.
+    """
+    src = get_source(name)
+    if src.name in idx.NAMES:
+        return idx.download(src.name, path, base_url, timeout=timeout)
+    if src.name == "cifar10":
+        return cifar.download(path, base_url, timeout=timeout)
+    raise DataError(
+        f"{src.name} cannot be downloaded; download works for {', '.join(DOWNLOADABLE)}"
+        + (" (pass data.path=DIR, a tree of image files)" if src.name == "folder" else " (it is built in)")
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -518,7 +552,7 @@ def _idx_status(name: str) -> str:
         extra = ", or `apt install dataset-fashion-mnist`" if name == "fashion-mnist" else ""
         return (
             f"not found (looked in {dirs}) — pass data.path=DIR with the four IDX files, "
-            f"or fetch them with vaekit.data.download({name!r}){extra}"
+            f"or fetch them with --set data.download=true{extra}"
         )
     try:
         n = sum(idx.idx_shape(idx._find_file(root, idx.FILES[s][0]))[0] for s in ("train", "test"))
@@ -539,7 +573,10 @@ def _status(name: str) -> str:
         try:
             return f"found at {cifar.find_root()} (data_batch_1..5 and test_batch)"
         except DataError:
-            return "not found — pass data.path=DIR containing data_batch_1..5 and test_batch"
+            return (
+                "not found — pass data.path=DIR containing data_batch_1..5 and test_batch, "
+                "or fetch them with --set data.download=true"
+            )
     return "pass data.path=DIR, any tree of image files (train/ and test/ sub-folders optional)"
 
 

@@ -4,6 +4,9 @@ Each batch is a Python 2 pickle of a dict ``{b'data': uint8 ndarray [10000,3072]
 int, b'batch_label': str, b'filenames': list}``; each row is 1024 red, then 1024 green, then 1024
 blue values of a 32x32 image in row-major order. The pickles are read with a restricted unpickler
 that can build numpy arrays and nothing else, so a malicious file cannot run code.
+
+:func:`download` fetches the official ``cifar-10-python.tar.gz``, checks its MD5 and only then
+unpacks it, refusing any member that is not a regular file directly inside ``cifar-10-batches-py/``.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import functools
 import io
 import os
 import pickle
-from pathlib import Path
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
-from vaekit.data._util import user_dirs
+from vaekit.data._util import fetch_checked, make_dir, user_dirs
 from vaekit.errors import DataError
 
 SPLITS = ("train", "test")
@@ -28,6 +34,12 @@ SUBDIR = "cifar-10-batches-py"  # the directory inside the official tarball
 #: Directories searched, in order, when no path is given (after $VAEKIT_DATA/cifar10 and
 #: ~/.cache/vaekit/cifar10).
 SYSTEM_DIRS: list[Path] = [Path("/usr/share/datasets/cifar10")]
+
+#: The official archive, its MD5 (as published on https://www.cs.toronto.edu/~kriz/cifar.html) and
+#: where :func:`download` fetches it from (tried in order).
+ARCHIVE = "cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+BASE_URLS = ["https://www.cs.toronto.edu/~kriz/"]
 
 
 def _numpy_multiarray():
@@ -132,9 +144,15 @@ def find_root(path: str | os.PathLike | None = None) -> Path:
             if _has_files(d):
                 return d
     where = str(candidates[0]) if path is not None else ", ".join(str(d) for d in candidates)
+    call = (
+        f"vaekit.data.download('cifar10', '{candidates[0]}')"
+        if path is not None
+        else "vaekit.data.download('cifar10')"
+    )
     raise DataError(
         f"CIFAR-10 batches not found in {where}; pass data.path=DIR containing data_batch_1..5 and "
-        "test_batch (unpack cifar-10-python.tar.gz)"
+        f"test_batch (unpack cifar-10-python.tar.gz), or fetch them with --set data.download=true "
+        f"(in Python {call})"
     )
 
 
@@ -150,3 +168,95 @@ def load(path: str | os.PathLike | None = None, split: str = "train") -> tuple[t
     images = np.concatenate([p[0] for p in parts])  # [N,3,32,32]
     labels = np.concatenate([p[1] for p in parts])  # [N]
     return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+# ---------------------------------------------------------------------------------------------------
+# download
+
+
+def _member_target(member: tarfile.TarInfo) -> str | None:
+    """The file name a member of the archive may be unpacked to (None: a directory entry to skip).
+
+    Only regular files directly inside ``cifar-10-batches-py/`` (and that directory's own entry) are
+    allowed; absolute names, ``..``, links, devices and anything elsewhere raise DataError.
+    """
+    name = member.name
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "\\")) or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+        raise DataError(f"refusing to unpack {ARCHIVE}: member {name!r} has an absolute or '..' path")
+    parts = tuple(p for p in parts if p != ".")
+    if member.isdir() and parts == (SUBDIR,):
+        return None
+    if not member.isreg():
+        raise DataError(f"refusing to unpack {ARCHIVE}: member {name!r} is not a regular file (a link?)")
+    if len(parts) != 2 or parts[0] != SUBDIR:
+        raise DataError(f"refusing to unpack {ARCHIVE}: member {name!r} is not a file inside {SUBDIR}/")
+    return parts[1]
+
+
+def extract(archive: str | os.PathLike, directory: str | os.PathLike) -> Path:
+    """Unpack the batches of ``archive`` into ``directory/cifar-10-batches-py`` and return that path.
+
+    Every member is checked (see :func:`_member_target`) and written into a temporary directory
+    beside the target, which is moved into place only when the whole archive was read and held the
+    six batches; on any error nothing is left behind.
+    """
+    archive, directory = Path(archive), Path(directory)
+    target = directory / SUBDIR
+    staging = Path(tempfile.mkdtemp(prefix=f".{SUBDIR}.", suffix=".part", dir=directory))
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; it becomes the data directory
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for member in tar:
+                    filename = _member_target(member)
+                    if filename is None:
+                        continue
+                    src = tar.extractfile(member)
+                    assert src is not None  # a regular file
+                    with src, open(staging / filename, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(
+                f"cannot unpack {archive} ({type(e).__name__}: {e}); delete it and download again"
+            ) from None
+        if not _has_files(staging):
+            raise DataError(f"{archive} lacks some of data_batch_1..5 and test_batch; it is not CIFAR-10")
+        if not target.exists():
+            os.replace(staging, target)
+        else:  # an incomplete earlier copy: replace its files one by one
+            for f in staging.iterdir():
+                os.replace(f, target / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def download(
+    root: str | os.PathLike | None = None,
+    base_url: str | None = None,
+    *,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch and unpack the official CIFAR-10 archive into ``root/cifar-10-batches-py``.
+
+    ``root`` defaults to ``$VAEKIT_DATA/cifar10`` if set, else ``~/.cache/vaekit/cifar10`` (the first
+    places :func:`find_root` searches); a ``root`` that is itself a ``cifar-10-batches-py`` directory
+    means its parent. If the six batches are already there nothing is fetched. Otherwise
+    :data:`ARCHIVE` is downloaded to a temporary name, MD5-checked against :data:`ARCHIVE_MD5` (a
+    mismatch deletes it), unpacked with :func:`extract` and then deleted. ``base_url`` replaces the
+    default mirror (the file is fetched from ``base_url + ARCHIVE``). Returns the directory holding
+    ``cifar-10-batches-py``. Raises
+    DataError on network errors, checksum mismatches and unsafe or incomplete archives.
+    """
+    directory = Path(root).expanduser() if root is not None else user_dirs("cifar10")[0]
+    if directory.name == SUBDIR:
+        directory = directory.parent
+    if _has_files(directory / SUBDIR):
+        return directory
+    make_dir(directory)
+    bases = [base_url] if base_url is not None else BASE_URLS
+    archive = fetch_checked(bases, ARCHIVE, directory / ARCHIVE, ARCHIVE_MD5, timeout)
+    extract(archive, directory)
+    archive.unlink()
+    return directory

@@ -7,20 +7,15 @@ IDX layout (all integers big-endian): two zero bytes, one byte type code, one by
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import hashlib
 import os
-import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vaekit.data._util import user_dirs
+from vaekit.data._util import fetch_checked, make_dir, user_dirs
 from vaekit.errors import DataError
 
 _DTYPES = {
@@ -183,7 +178,8 @@ def find_root(name: str, root: str | os.PathLike | None = None) -> Path:
         raise DataError(
             f"{name} files not found in {root}; it needs train-images-idx3-ubyte[.gz], "
             f"train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] "
-            f"(fetch them with vaekit.data.idx.download('{name}', '{root}'))"
+            f"(fetch them with --set data.download=true, "
+            f"or in Python vaekit.data.download('{name}', '{root}'))"
         )
     dirs = search_dirs(name)
     for d in dirs:
@@ -192,7 +188,8 @@ def find_root(name: str, root: str | os.PathLike | None = None) -> Path:
     hint = " or install the Debian package dataset-fashion-mnist" if name == "fashion-mnist" else ""
     raise DataError(
         f"{name} not found (looked in {', '.join(str(d) for d in dirs)}); pass data.path=DIR holding "
-        f"the four IDX files, or download them with vaekit.data.idx.download('{name}'){hint}"
+        f"the four IDX files, or download them with --set data.download=true "
+        f"(vaekit.data.download('{name}') in Python){hint}"
     )
 
 
@@ -261,49 +258,6 @@ def _check_name(name: str) -> None:
 # download
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fetch(url: str, dest: Path, expected_md5: str, timeout: float) -> None:
-    """Stream ``url`` into a temporary file beside ``dest``, check its MD5, then rename it into place.
-
-    On any failure the temporary file is removed and ``dest`` is left untouched.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.md5()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
-                    for chunk in iter(lambda: resp.read(1 << 16), b""):
-                        h.update(chunk)
-                        out.write(chunk)
-            except (urllib.error.URLError, OSError) as e:
-                reason = getattr(e, "reason", None) or e
-                raise DataError(
-                    f"could not download {url}: {reason}; check the connection or put the file in "
-                    f"{dest.parent} by hand"
-                ) from None
-            out.flush()
-            os.fsync(out.fileno())
-        got = h.hexdigest()
-        if got != expected_md5:
-            raise DataError(
-                f"checksum mismatch for {url} (md5 {got}, expected {expected_md5}); the file was discarded, "
-                "try again or use another mirror (base_url=...)"
-            )
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def download(
     name: str,
     root: str | os.PathLike | None = None,
@@ -320,24 +274,8 @@ def download(
     Returns the directory. Raises DataError on network errors or checksum mismatches.
     """
     _check_name(name)
-    directory = Path(root).expanduser() if root is not None else user_dirs(name)[0]
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create download directory {directory}: {e}; pass another root") from None
+    directory = make_dir(Path(root).expanduser() if root is not None else user_dirs(name)[0])
     bases = [base_url] if base_url is not None else BASE_URLS[name]
     for filename, md5 in CHECKSUMS[name].items():
-        dest = directory / filename
-        if dest.is_file() and _md5(dest) == md5:
-            continue
-        errors = []
-        for base in bases:
-            url = base if base.endswith("/") else base + "/"
-            try:
-                _fetch(url + filename, dest, md5, timeout)
-                break
-            except DataError as e:
-                errors.append(str(e))
-        else:
-            raise DataError(errors[-1] if len(errors) == 1 else "; ".join(errors))
+        fetch_checked(bases, filename, directory / filename, md5, timeout)
     return directory

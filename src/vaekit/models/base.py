@@ -195,11 +195,14 @@ class VAE(Pretrained, nn.Module):
         log_px_z = self._log_px_given_z(x, reparameterize(mu, log_var, num_samples))  # [L, B]
         return elbo(log_px_z, gaussian_kl(mu, log_var), beta)
 
+    @torch.no_grad()
     def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
         """Importance-sampled log p(x) per example and its standard error, q(z|x) as proposal.
 
         x is encoded once; the k samples are drawn in chunks (:func:`vaekit.losses.estimate_log_px`).
-        Put the model in ``eval()`` first if it has BatchNorm.
+        An estimate, not an objective: no graph is kept, so memory stays bounded by ``chunk_size``
+        whatever k is (train on :func:`vaekit.losses.iwae_bound` instead). Put the model in
+        ``eval()`` first if it has BatchNorm.
         """
         mu, log_var = self.encode(x)
 

@@ -8,13 +8,14 @@ last finished epoch left off.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +124,47 @@ def evaluate_loss(model: nn.Module, data: ImageData, cfg: Config, device: torch.
     return {key: value / count for key, value in sums.items()}
 
 
-def _remove_unfinished_run(out_dir: Path, keep_dir: bool) -> None:
-    """Delete what a fresh run wrote into ``out_dir`` (all of it: the directory was new, or empty when
-    the run began); ``keep_dir``: it was there before, so it stays, empty."""
-    shutil.rmtree(out_dir, ignore_errors=True)
-    if keep_dir:
-        out_dir.mkdir(exist_ok=True)
+@contextlib.contextmanager
+def _removed_if_unfinished(out_dir: Path, enabled: bool) -> Iterator[None]:
+    """Around a fresh run: if it fails before its first checkpoint, remove what it wrote into the
+    new or empty ``out_dir`` (there is nothing to resume, and a rerun would refuse the directory as
+    taken). A directory that was there before, empty, stays, empty."""
+    created = not out_dir.exists()
+    emptied = not created and out_dir.is_dir() and not any(out_dir.iterdir())
+    try:
+        yield
+    except BaseException:
+        if enabled and (created or emptied) and not (out_dir / "checkpoints" / "last").exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+            if emptied:
+                out_dir.mkdir(exist_ok=True)
+        raise
+
+
+class _StepBar:
+    """One epoch's progress bar: the global step, this step's loss terms and images/s over the last
+    ~10 steps. Reading the terms waits for the device, so on CUDA they are shown every 10th step."""
+
+    def __init__(
+        self, batches: Any, label: str, step: int, images_seen: int, enabled: bool, device_type: str
+    ):
+        self.label, self.every = label, 1 if device_type == "cpu" else 10
+        self.bar = tqdm(batches, f"{label} step {step}", disable=not enabled, dynamic_ncols=True, leave=False)
+        self.recent = deque([(time.perf_counter(), images_seen)], maxlen=10 // self.every + 1)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.bar)
+
+    def show(self, step: int, images_seen: int, terms: dict[str, torch.Tensor]) -> None:
+        if self.bar.disable or step % self.every:
+            return
+        self.recent.append((time.perf_counter(), images_seen))
+        values = torch.stack([v.detach().float() for v in terms.values()]).tolist()  # rank 0's share
+        shown = {k: f"{v:.4g}" for k, v in zip(terms, values, strict=True)}
+        (t0, n0), (t1, n1) = self.recent[0], self.recent[-1]
+        shown["img/s"] = f"{(n1 - n0) / max(t1 - t0, 1e-9):.0f}"
+        self.bar.set_description(f"{self.label} step {step}", refresh=False)
+        self.bar.set_postfix(shown, refresh=False)  # drawn at tqdm's own pace (mininterval)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -198,22 +234,17 @@ def train(
         "wall_time": 0.0,
         "initial_test": None,
     }
-    # A fresh run that fails before its first checkpoint leaves nothing to resume; what it wrote would
-    # only make the rerun refuse its directory as taken, so it is removed again (if the run made it)
-    created = emptied = False
-    checkpointed = resume
-    # the bar shows every step's numbers, but on CUDA reading them waits for the GPU: every 10th there
-    show_every = 1 if device.type == "cpu" else 10
-    log = None
-    try:
+    # the stack closes the metrics log, then a failed fresh run is removed
+    with (
+        _removed_if_unfinished(out_dir, enabled=dist.is_main and not resume),
+        contextlib.ExitStack() as stack,
+    ):
         if resume:
             progress_state = load_training_checkpoint(
                 out_dir / "checkpoints" / "last", model, optimizer, scheduler
             )
         elif dist.is_main:
             with writing(out_dir):
-                created = not out_dir.exists()
-                emptied = not created and out_dir.is_dir() and not any(out_dir.iterdir())
                 out_dir.mkdir(parents=True, exist_ok=True)
                 save_config(cfg, out_dir / "config.yaml")
         if progress_state["initial_test"] is None:  # the untrained model's numbers, for comparison
@@ -224,12 +255,13 @@ def train(
             ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=dist.device_ids)
         forward = torch.compile(ddp_model) if t.compile else ddp_model
         step, start_epoch = progress_state["step"], progress_state["epoch"]
-        # rows a crash left after the checkpoint are dropped: the resumed run writes them again
-        with writing(out_dir):
-            log = MetricsLog(out_dir, enabled=dist.is_main, resume_step=step if resume else None)
         end_epoch = start_epoch if progress_state.get("stopped_early") else t.epochs
         started, images_seen = time.perf_counter(), 0
         selection = "valid" if valid_data is not None else "test"
+        # rows a crash left after the checkpoint are dropped: the resumed run writes them again
+        with writing(out_dir):
+            log = MetricsLog(out_dir, enabled=dist.is_main, resume_step=step if resume else None)
+        stack.callback(log.close)
 
         for epoch in range(start_epoch, end_epoch):
             model.train()
@@ -238,15 +270,9 @@ def train(
                 seeds = np.random.SeedSequence([t.seed, epoch, dist.rank])
                 torch.manual_seed(int(seeds.generate_state(1)[0]))
             loader.set_epoch(epoch)
-            bar = tqdm(
-                loader,
-                desc=f"epoch {epoch + 1}/{t.epochs} step {step}",
-                disable=not (progress and dist.is_main),
-                dynamic_ncols=True,
-                leave=False,
-            )
+            label, enabled = f"epoch {epoch + 1}/{t.epochs}", progress and dist.is_main
+            bar = _StepBar(loader, label, step, images_seen, enabled, device.type)
             window_start, window_images = time.perf_counter(), 0
-            recent = deque([(time.perf_counter(), images_seen)], maxlen=10 // show_every + 1)
             for x, _ in bar:
                 x = x.to(device, non_blocking=True)
                 beta = kl_weight(t, step)
@@ -257,8 +283,9 @@ def train(
                 terms["loss"].backward()
                 if t.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                # the rate this step used (before the scheduler moves it)
-                lr = optimizer.param_groups[0]["lr"]
+                lr = optimizer.param_groups[0][
+                    "lr"
+                ]  # the rate this step used (before the scheduler moves it)
                 optimizer.step()
                 scheduler.step()
                 step += 1
@@ -272,14 +299,7 @@ def train(
                     row.update(lr=lr, beta=beta, images_per_s=rate)
                     log.write(step, epoch + 1, "train", row)
                     window_start, window_images = time.perf_counter(), 0
-                if not bar.disable and step % show_every == 0:  # this step's terms (rank 0's share)
-                    recent.append((time.perf_counter(), images_seen))
-                    values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
-                    shown = {k: f"{v:.4g}" for k, v in zip(terms, values, strict=True)}
-                    (t0, n0), (t1, n1) = recent[0], recent[-1]  # over the last 10 or so steps
-                    shown["img/s"] = f"{(n1 - n0) / max(t1 - t0, 1e-9):.0f}"
-                    bar.set_description(f"epoch {epoch + 1}/{t.epochs} step {step}", refresh=False)
-                    bar.set_postfix(shown, refresh=False)  # drawn at tqdm's own pace (mininterval)
+                bar.show(step, images_seen, terms)
 
             finished = epoch + 1
             stop_early = False
@@ -310,15 +330,7 @@ def train(
                     save_training_checkpoint(
                         out_dir / "checkpoints" / "last", model, optimizer, scheduler, progress_state
                     )
-                checkpointed = True
             if stop_early or (stop_after_epochs is not None and finished - start_epoch >= stop_after_epochs):
                 break
-    except BaseException:
-        if log is not None:
-            log.close()
-        if dist.is_main and not checkpointed and (created or emptied):
-            _remove_unfinished_run(out_dir, keep_dir=emptied)
-        raise
-    log.close()
     dist.barrier()
     return progress_state | {"images_seen_this_run": images_seen, "selection_split": selection}

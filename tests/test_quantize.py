@@ -258,7 +258,6 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_distributed_ranks_share_one_codebook(tmp_path):
     import torch.multiprocessing as mp
 

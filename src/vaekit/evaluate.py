@@ -282,8 +282,8 @@ def evaluate_run(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg, model = load_run(run_dir, checkpoint, map_location=device)
-    # NHWC convolutions: ~1.4× more importance samples per second for a conv decoder on a CPU
-    # (same values up to rounding); models without 4-d weights are unchanged
+    # NHWC convolutions: 1.3-1.6× more importance samples per second for the conv decoders on this
+    # CPU (benchmarks/bench_nll.py), the same values up to rounding; models without 4-d weights stay
     model = model.to(memory_format=torch.channels_last)
     proto = _check_protocol(protocol, cfg, model, split, iw_samples) if protocol else None
     k = proto.iw_samples if proto else (iw_samples or DEFAULT_IW_SAMPLES)

@@ -140,9 +140,11 @@ class ConvVAE(VAE):
     image — two linear layers to the smallest feature map, 4×4 stride-2 transposed convs back to
     the image (output padding computed, so odd sizes come back exactly), ending in logits
     (Bernoulli) or Tanh (Gaussian).
+
     No BatchNorm, so an example's likelihood does not depend on its batch and data-parallel runs
-    match one process. Its decoder costs a few MFLOPs per image, which keeps an importance-sampled
-    log p(x) with k = 5000 affordable on a CPU; ``VanillaVAE`` is the seed's heavier design.
+    match one process. At the defaults on 28×28 the decoder costs about 0.9 M multiply-adds per
+    image, which keeps an importance-sampled log p(x) with k = 5000 affordable on a CPU
+    (docs/benchmarks.md); ``VanillaVAE`` is the seed's heavier design.
     """
 
     def __init__(

@@ -23,14 +23,13 @@ def _kind(model: nn.Module) -> str:
 
 @torch.no_grad()
 def sample_images(model: nn.Module, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-    """Decode z ~ N(0, I): ``[num_samples, C, H, W]`` in [0, 1]. VQ-VAEs need a prior (none yet)."""
+    """Decode z ~ p(z): ``[num_samples, C, H, W]`` in [0, 1]. VQ-VAEs need a prior (none yet)."""
     if isinstance(model, VQVAE):
         raise VaekitError(
             "a VQ-VAE has no prior to sample from yet (it needs one over code indices, e.g. a PixelCNN "
             "fitted to `vaekit encode` output); use `vaekit reconstruct` or `vaekit interpolate`"
         )
-    device = next(model.parameters()).device
-    z = torch.randn(num_samples, model.latent_dim, generator=generator).to(device)
+    z = model.sample_latent(num_samples, generator=generator)  # [N, D]
     return to_unit_range(model.likelihood.mean(model.decode(z)), _kind(model)).cpu()
 
 

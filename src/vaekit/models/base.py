@@ -30,9 +30,12 @@ from vaekit.losses import (
     estimate_log_px,
     gaussian_kl,
     gaussian_log_likelihood,
+    gaussian_mixture_log_prob,
+    monte_carlo_kl,
     reparameterize,
     standard_normal_log_prob,
 )
+from vaekit.priors import PRIORS, VampPrior, sample_mixture
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 # Keywords PyTorch-VAE's experiment passes to loss_function besides M_N; accepted and unused.
@@ -157,7 +160,7 @@ class VAE(Pretrained, nn.Module):
         if unknown:
             raise TypeError(f"loss_function got unexpected keyword arguments {sorted(unknown)}")
         recons, input, mu, log_var = args[:4]
-        kl = gaussian_kl(mu, log_var)  # [B]
+        kl = self.kl_divergence(mu, log_var)  # [B]
         if M_N is not None:
             recons_loss = F.mse_loss(self.likelihood.mean(recons), input)
             kld = kl.mean()
@@ -173,9 +176,10 @@ class VAE(Pretrained, nn.Module):
         }
 
     def sample(self, num_samples: int, current_device: Any = None, **kwargs: Any) -> Tensor:
-        """Decode z ~ p(z) = N(0, I) to images (the decoder's mean), on ``current_device``."""
-        device = current_device if current_device is not None else self._device()
-        z = torch.randn(num_samples, self.latent_dim, device=device)
+        """Decode z ~ p(z) (N(0, I), or the VampPrior) to images (the decoder's mean)."""
+        z = self.sample_latent(num_samples)
+        if current_device is not None:
+            z = z.to(current_device)
         return self.likelihood.mean(self.decode(z))
 
     def generate(self, x: Tensor, **kwargs: Any) -> Tensor:
@@ -193,7 +197,7 @@ class VAE(Pretrained, nn.Module):
         ``num_samples`` draws z⁽ˡ⁾ ~ q(z|x) (AEVB eq. 10)."""
         mu, log_var = self.encode(x)
         log_px_z = self._log_px_given_z(x, reparameterize(mu, log_var, num_samples))  # [L, B]
-        return elbo(log_px_z, gaussian_kl(mu, log_var), beta)
+        return elbo(log_px_z, self.kl_divergence(mu, log_var), beta)
 
     @torch.no_grad()
     def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
@@ -205,13 +209,61 @@ class VAE(Pretrained, nn.Module):
         ``eval()`` first if it has BatchNorm.
         """
         mu, log_var = self.encode(x)
+        components = self.prior_components()  # the VampPrior's mixture, encoded once for all k
 
         def log_weights(n: int) -> Tensor:  # [n, B]
             z = reparameterize(mu, log_var, n)  # [n, B, D]
-            log_prior_minus_q = standard_normal_log_prob(z) - diagonal_gaussian_log_prob(z, mu, log_var)
-            return self._log_px_given_z(x, z) + log_prior_minus_q
+            log_q = diagonal_gaussian_log_prob(z, mu, log_var)
+            return self._log_px_given_z(x, z) + self.prior_log_prob(z, components) - log_q
 
         return estimate_log_px(log_weights, num_samples, chunk_size)
+
+    # -- the prior ---------------------------------------------------------------------------------
+    def _init_prior(self, prior: str, num_pseudo_inputs: int) -> None:
+        """Set up p(z): ``"standard"`` N(0, I), or ``"vamp"`` with ``num_pseudo_inputs`` learned
+        pseudo-inputs in the data's range (call after ``self.likelihood`` and ``self.input_shape``)."""
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+        if prior == "vamp":
+            data_range = (0.0, 1.0) if self.likelihood.kind == "bernoulli" else (-1.0, 1.0)
+            self.prior = VampPrior(num_pseudo_inputs, self.input_shape, data_range)
+
+    @property
+    def vamp_prior(self) -> VampPrior | None:
+        """The VampPrior's pseudo-inputs, or None for the standard normal prior."""
+        return self._modules.get("prior")  # type: ignore[return-value]
+
+    def prior_components(self) -> tuple[Tensor, Tensor] | None:
+        """The VampPrior's mixture components ``(μ_k, log σ_k²)``, each ``[K, D]``: the encoder at the
+        pseudo-inputs. None for the standard normal prior."""
+        if self.vamp_prior is None:
+            return None
+        mus, log_vars = self.encode(self.vamp_prior.inputs())
+        return mus, log_vars
+
+    def prior_log_prob(self, z: Tensor, components: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """log p(z), summed over the last dimension: ``[..., D] -> [...]``. ``components`` (from
+        :meth:`prior_components`) saves encoding the pseudo-inputs again."""
+        if self.vamp_prior is None:
+            return standard_normal_log_prob(z)
+        mus, log_vars = components if components is not None else self.prior_components()
+        return gaussian_mixture_log_prob(z, mus, log_vars)
+
+    def kl_divergence(self, mu: Tensor, log_var: Tensor) -> Tensor:
+        """KL(q(z|x) ‖ p(z)) per example, ``[B, D] -> [B]``: the closed form under N(0, I); under
+        the VampPrior an unbiased one-sample estimate (:func:`vaekit.losses.monte_carlo_kl`)."""
+        if self.vamp_prior is None:
+            return gaussian_kl(mu, log_var)
+        z = reparameterize(mu, log_var)  # [B, D]
+        return monte_carlo_kl(log_var, self.prior_log_prob(z))
+
+    def sample_latent(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """z ~ p(z), ``[num_samples, D]`` on the model's device; ``generator`` is a CPU generator."""
+        device = self._device()
+        components = self.prior_components()
+        if components is None:
+            return torch.randn(num_samples, self.latent_dim, generator=generator).to(device)
+        return sample_mixture(*components, num_samples, generator=generator)
 
     def _log_px_given_z(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z) for z ``[S, B, D]`` -> ``[S, B]``, decoding all S·B codes in one batch."""

@@ -158,6 +158,8 @@ class ConvVAE(VAE):
         activation: str = "relu",
         sigma: float = 0.1,
         learn_sigma: bool = False,
+        prior: str = "standard",
+        num_pseudo_inputs: int = 500,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -178,6 +180,8 @@ class ConvVAE(VAE):
             "activation": activation,
             "sigma": sigma,
             "learn_sigma": learn_sigma,
+            "prior": prior,
+            "num_pseudo_inputs": num_pseudo_inputs,
         }
         self.latent_dim = latent_dim
         self.input_shape = (in_channels, height, width)
@@ -209,6 +213,7 @@ class ConvVAE(VAE):
         layers.append(nn.Tanh() if likelihood == "gaussian" else nn.Identity())
         self.decoder = nn.Sequential(*layers)
         self.likelihood = DecoderLikelihood(likelihood, sigma, learn_sigma, (in_channels, 1, 1))
+        self._init_prior(prior, num_pseudo_inputs)
 
     def encode(self, input: Tensor) -> list[Tensor]:
         """``[B, C, H, W] -> [mu, log_var]``, each ``[B, latent_dim]``."""
@@ -227,6 +232,8 @@ class MLPVAE(VAE):
 
     Images ``[B, C, H, W]`` are flattened; the encoder MLP gives μ and log σ², the decoder MLP gives
     Bernoulli logits (data in [0, 1]) or a Gaussian mean behind a Tanh (data in [-1, 1]).
+    ``prior="vamp"`` replaces N(0, I) by a VampPrior of ``num_pseudo_inputs`` components, the model
+    of Tomczak & Welling (2018) (:mod:`vaekit.priors`).
     """
 
     def __init__(
@@ -239,6 +246,8 @@ class MLPVAE(VAE):
         activation: str = "relu",
         sigma: float = 0.1,
         learn_sigma: bool = False,
+        prior: str = "standard",
+        num_pseudo_inputs: int = 500,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -254,6 +263,8 @@ class MLPVAE(VAE):
             "activation": activation,
             "sigma": sigma,
             "learn_sigma": learn_sigma,
+            "prior": prior,
+            "num_pseudo_inputs": num_pseudo_inputs,
         }
         self.latent_dim = latent_dim
         self.input_shape = (channels, height, width)
@@ -264,6 +275,7 @@ class MLPVAE(VAE):
         self.decoder = mlp([latent_dim, *hidden_dims[::-1], num_pixels], activation)
         self.output_activation = nn.Tanh() if likelihood == "gaussian" else nn.Identity()
         self.likelihood = DecoderLikelihood(likelihood, sigma, learn_sigma, (channels, 1, 1))
+        self._init_prior(prior, num_pseudo_inputs)
 
     def encode(self, input: Tensor) -> list[Tensor]:
         """``[B, C, H, W] -> [mu, log_var]``, each ``[B, latent_dim]``."""

@@ -150,7 +150,9 @@ class VAE(Pretrained, nn.Module):
 
         Without ``M_N``: ``loss = mean_b[−log p(x_b|z_b) + β·KL_b]``, the negative (β-)ELBO in nats
         per example; ``'Reconstruction_Loss'`` is the mean −log p(x|z), ``'KLD'`` the mean KL ≥ 0,
-        ``'ELBO'`` the mean ELBO (β = 1), all in nats per example.
+        ``'ELBO'`` the mean ELBO (β = 1), all in nats per example. The KL is
+        :meth:`kl_divergence`'s: exact under N(0, I), an unbiased one-sample estimate under a
+        VampPrior.
 
         With ``M_N`` (the seed's keyword): the seed's objective, exactly —
         ``mse_loss(mean(recons), input) + M_N · mean_b KL_b`` with a *pixel-mean* MSE, which is

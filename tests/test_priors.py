@@ -271,7 +271,8 @@ def test_train_and_evaluate_a_vamp_run_end_to_end(tmp_path, cli):
     )
     result = cli("train", "--out", run, "--no-progress", *[a for s in settings for a in ("--set", s)])
     assert result.rc == 0, result.err
-    assert (run / "samples.png").is_file()
+    assert (run / "samples.png").is_file() and (run / "pseudo_inputs.png").is_file()
+    assert "Pseudo-inputs" in (run / "report.html").read_text()
     model = load_model(run / "checkpoints" / "best")
     assert model.vamp_prior.num_components == 20
     start = VampPrior(20, (1, 28, 28)).pseudo_inputs  # the initialisation's scale: 0.05 ± 0.01

@@ -67,7 +67,8 @@ def interpolate_images(model: nn.Module, x_from: Tensor, x_to: Tensor, steps: in
 def write_pictures(
     model: nn.Module, test_batch: Tensor, out_dir: Path, num_samples: int = 64
 ) -> dict[str, Path]:
-    """Write ``samples.png`` (VAEs), ``reconstructions.png`` and ``interpolation.png``; return their paths.
+    """Write ``samples.png`` (VAEs), ``reconstructions.png``, ``interpolation.png`` and, for a
+    VampPrior, ``pseudo_inputs.png`` (its first ``num_samples`` learned pseudo-inputs); return the paths.
 
     ``test_batch`` holds held-out images in the model's value range, on the model's device. Data
     files are often sorted by class, so the pictures take images spread over the whole batch.
@@ -78,6 +79,9 @@ def write_pictures(
     gen = torch.Generator().manual_seed(0)
     if isinstance(model, VAE):
         paths["samples"] = save_grid(sample_images(model, num_samples, gen), out_dir / "samples.png")
+        if model.vamp_prior is not None:
+            pseudo = to_unit_range(model.vamp_prior.inputs()[:num_samples].detach(), _kind(model)).cpu()
+            paths["pseudo-inputs"] = save_grid(pseudo, out_dir / "pseudo_inputs.png")
     shown = test_batch[torch.linspace(0, len(test_batch) - 1, min(32, len(test_batch))).long()]
     originals = to_unit_range(shown, _kind(model)).cpu()
     paths["reconstructions"] = save_reconstructions(

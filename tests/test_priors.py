@@ -280,3 +280,22 @@ def test_train_and_evaluate_a_vamp_run_end_to_end(tmp_path, cli):
     res = evaluate_run(run, iw_samples=10, sample_metrics=False, progress=False)
     assert "kl_per_dim" not in res and res["kl_nats"] > 0 and res["kl_samples"] == 16
     assert res["nll_nats"] <= -res["elbo_nats"] + 0.5
+
+
+def test_vamp_loss_under_bf16_autocast_is_close_to_fp32():
+    """As the training loop does with train.precision=bf16: the forward pass under autocast, the loss
+    (which encodes the pseudo-inputs) in float32. It is the fp32 loss up to bf16's rounding, and its
+    gradient still reaches the pseudo-inputs."""
+    model = tiny_vamp(seed=11).train()
+    with torch.no_grad():
+        model.vamp_prior.pseudo_inputs.uniform_(0.2, 0.8)
+    x = torch.rand(64, 1, 2, 2).bernoulli()
+    torch.manual_seed(0)
+    fp32 = model.loss_function(*model(x))["loss"]
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(x)
+    bf16 = model.loss_function(*[t.float() for t in outputs])["loss"]
+    assert bf16.dtype == torch.float32 and bf16.item() == pytest.approx(fp32.item(), rel=0.02)
+    bf16.backward()
+    assert model.vamp_prior.pseudo_inputs.grad.abs().sum() > 0

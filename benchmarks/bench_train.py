@@ -38,7 +38,7 @@ def main(batch: int = 128) -> None:
             def step(model=model, optimizer=optimizer, x=x, precision=precision):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                     outputs = model(x)
-                loss = model.loss_function(*[t.float() for t in outputs])["loss"]
+                loss = model.loss_function(*outputs)["loss"]  # computed in float32 by the model
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -17,6 +17,25 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 
+def _fashion_mnist_found() -> bool:
+    from vaekit.data import idx
+    from vaekit.errors import DataError
+
+    try:
+        idx.find_root("fashion-mnist")
+    except DataError:
+        return False
+    return True
+
+
+#: For tests that read the real Fashion-MNIST: optional data, which `.ci/run` installs.
+needs_fashion_mnist = pytest.mark.skipif(
+    not _fashion_mnist_found(),
+    reason="Fashion-MNIST not found (apt install dataset-fashion-mnist, or put the IDX files in "
+    "$VAEKIT_DATA/fashion-mnist)",
+)
+
+
 def sets(*items: str) -> list[str]:
     """``sets("a.b=1", "c.d=2")`` -> ``["--set", "a.b=1", "--set", "c.d=2"]``."""
     return [arg for item in items for arg in ("--set", item)]

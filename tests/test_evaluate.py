@@ -9,23 +9,14 @@ import time
 import pytest
 import torch
 
+from conftest import needs_fashion_mnist
 from vaekit import LinearGaussianVAE, VaekitError, features, losses
-from vaekit.checkpoint import save_model
+from vaekit.cli.evaluate import add_parsers, cmd_evaluate, format_table
 from vaekit.config import load_config, save_config
-from vaekit.data import ImageData, load_dataset
-from vaekit.evaluate import (
-    PROTOCOLS,
-    add_evaluate_parser,
-    binarize_once,
-    cmd_evaluate,
-    dequantize,
-    evaluate_run,
-    format_table,
-    likelihood_data,
-    likelihood_metrics,
-    to_bits_per_dim,
-)
-from vaekit.train import build_model
+from vaekit.data import ImageData, binarize_once, dequantize, likelihood_data, load_dataset
+from vaekit.evaluate import PROTOCOLS, likelihood_metrics, to_bits_per_dim
+from vaekit.models import build_model
+from vaekit.runs import evaluate_run
 
 # --- the likelihood against pPCA's exact log p(x) -----------------------------------------------
 
@@ -222,7 +213,7 @@ def test_evaluate_a_vae_run(vae_run, tmp_path, monkeypatch):
 
 def test_evaluate_a_vq_vae_run_from_the_command_line(vq_run, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="vaekit")
-    add_evaluate_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     out = tmp_path / "vq.json"
     cmd_evaluate(
         parser.parse_args(["evaluate", str(vq_run), "--json", str(out), "--device", "cpu", "--no-progress"])
@@ -242,7 +233,9 @@ def _untrained_run(directory, *overrides):
     cfg = load_config(None, ["model.hidden_dims=[8,16]", "model.latent_dim=4", *overrides])
     save_config(cfg, directory / "config.yaml")
     torch.manual_seed(0)
-    save_model(build_model(cfg, (1, 28, 28)), directory / "checkpoints" / "best")
+    build_model(cfg.model.name, cfg.model.params, (1, 28, 28)).save_pretrained(
+        directory / "checkpoints" / "best"
+    )
     return directory
 
 
@@ -280,6 +273,7 @@ def test_the_exemplar_fashion_protocol_checks_the_run(vae_run, tmp_path):
     assert not any(p.exists() for p in (tmp_path / "x.json", run / "evaluation.json"))
 
 
+@needs_fashion_mnist
 def test_the_protocol_binarizes_the_test_set_with_its_own_seed(tmp_path, monkeypatch):
     # --seed moves the importance samples, never the protocol's test set (binarized once, seed 0)
     fashion = ("data.name=fashion-mnist", "data.train_split=train-50k", "data.valid_split=valid-10k")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from seed_reference import SeedVanillaVAE
 from vaekit import MLPVAE, VQVAE, ConvVAE, VanillaVAE, load_model, losses
+from vaekit.errors import IgnoredArgumentWarning, NoPriorError
 
 SIZES = [
     (1, 28, 28),
@@ -70,14 +71,17 @@ def test_a_script_written_for_the_seed_runs_unchanged():
 
 
 def test_a_vqvae_script_written_for_pytorch_vae_runs_unchanged():
-    # PyTorch-VAE's VQVAE experiment: config keys name/img_size, forward unpacks to three values,
-    # loss_function takes M_N and the experiment's extra keywords, generate() for reconstructions
+    # PyTorch-VAE's VQVAE experiment: config keys name/img_size, forward's first three values are its
+    # recons, input, vq_loss (two more follow: the per-example VQ loss and the codes, which
+    # loss_function(*results) needs), loss_function takes M_N and the experiment's extra keywords,
+    # generate() for reconstructions
     model_params = {"name": "VQVAE", "in_channels": 3, "embedding_dim": 64, "num_embeddings": 512}
     model = VQVAE(**model_params, img_size=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     real_img = torch.rand(4, 3, 32, 32) * 2 - 1
     results = model(real_img)
-    recons, input, vq_loss = results
+    recons, input, vq_loss = results[:3]
+    assert (recons, input, vq_loss) == (results.recons, results.input, results.vq_loss)
     train_loss = model.loss_function(*results, M_N=0.00025, optimizer_idx=0, batch_idx=0)
     optimizer.zero_grad()
     train_loss["loss"].backward()
@@ -139,7 +143,7 @@ def test_mlp_vae_and_vqvae_shapes(shape):
     mlp = MLPVAE(shape[0], 4, hidden_dims=[32], image_size=shape[1:])
     assert mlp(x).recons.shape == x.shape and mlp.sample(5).shape == (5, *shape)
     vq = VQVAE(shape[0], 8, 16, hidden_dims=[8, 16], image_size=shape[1:], num_residual_layers=1)
-    recons, input, vq_loss = vq(x)
+    recons, input, vq_loss = vq(x)[:3]
     assert recons.shape == x.shape and vq_loss.dim() == 0
     indices = vq.encode_indices(x)
     assert indices.shape == (2, shape[1] // 4, shape[2] // 4) and indices.dtype == torch.long
@@ -193,18 +197,24 @@ def test_vqvae_objectives():
     model = VQVAE(1, 8, 16, hidden_dims=[8, 16], image_size=16, num_residual_layers=1, sigma=0.5)
     x = torch.rand(3, 1, 16, 16) * 2 - 1
     out = model(x)
-    recons, _, vq_loss = out
+    recons, _, vq_loss = out[:3]
     pytorch_vae = model.loss_function(*out, M_N=0.1)
     torch.testing.assert_close(pytorch_vae["loss"], F.mse_loss(recons, x) + vq_loss)
     nats = model.loss_function(*out)
     nll = -losses.gaussian_log_likelihood(x, recons, torch.log(torch.tensor(0.5))).mean()
     torch.testing.assert_close(nats["Reconstruction_Loss"], nll)
     torch.testing.assert_close(nats["VQ_Loss"], vq_loss * 8 * 4 * 4)  # summed over the D·h·w latent map
-    assert set(nats) == {"loss", "Reconstruction_Loss", "VQ_Loss"}
+    torch.testing.assert_close(nats["VQ_Loss"], out.vq_loss_per_example.mean())
+    torch.testing.assert_close(nats["loss"], nll + out.vq_loss_per_example.mean())
+    assert set(nats) == {"loss", "Reconstruction_Loss", "VQ_Loss", "perplexity", "codebook_usage"}
     assert out.indices.shape == (3, 4, 4) and 1 <= out.perplexity <= 16
+    assert nats["perplexity"] == out.perplexity
+    assert nats["codebook_usage"] == len(out.indices.unique()) / 16
+    with pytest.raises(ValueError, match="all of forward's outputs"):  # the nats need the codes too
+        model.loss_function(*out[:3])
     model.eval()
     torch.testing.assert_close(model.decode_indices(model.encode_indices(x)), model.generate(x))
-    with pytest.raises(NotImplementedError, match="prior over code"):
+    with pytest.raises(NoPriorError, match="prior over its codes"):
         model.sample(4, "cpu")
 
 
@@ -212,7 +222,7 @@ def _identical_after_reload(model, x, tmp_path):
     model.eval()
     model.save_pretrained(tmp_path / "m")
     header = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert header["class"] == type(model).__name__ and header["config"] == model.config
+    assert header["name"] == type(model).registry_name and header["config"] == model.config
     assert (tmp_path / "m" / "model.safetensors").read_bytes()[8:9] == b"{"  # safetensors, not a pickle
     loaded = type(model).from_pretrained(tmp_path / "m").eval()
     torch.testing.assert_close(loaded.reconstruct(x), model.reconstruct(x), rtol=0, atol=0)
@@ -234,7 +244,7 @@ def test_save_load_round_trip(tmp_path):
     vq(x)
     loaded = _identical_after_reload(vq, x, tmp_path / "c")
     assert loaded.vq_layer.ema and isinstance(load_model(tmp_path / "c" / "m"), VQVAE)
-    with pytest.raises(ValueError, match="not a VanillaVAE"):
+    with pytest.raises(ValueError, match="holds a vqvae model, not a vanilla_vae"):
         VanillaVAE.from_pretrained(tmp_path / "c" / "m")
 
 
@@ -254,7 +264,7 @@ def test_wrong_input_gets_a_clear_value_error():
         MLPVAE(1, 4, image_size=28)(torch.rand(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"ConvVAE: image size 3×8 is too small.*need at least 4×4"):
         ConvVAE(1, 4, hidden_dims=[4, 8], image_size=(3, 8))
-    with pytest.raises(TypeError, match="latent_dimm"):
+    with pytest.warns(IgnoredArgumentWarning, match="latent_dimm"):  # PyTorch-VAE's run.py passes extras
         VanillaVAE(3, 8, latent_dimm=3)
     with pytest.raises(ValueError, match="likelihood"):
         VanillaVAE(3, 8, likelihood="poisson")

@@ -11,8 +11,9 @@ import torch
 import torch.distributions as D
 
 from vaekit import MLPVAE, ConvVAE, load_model, losses
-from vaekit.evaluate import evaluate_run, latent_metrics
+from vaekit.evaluate import latent_metrics
 from vaekit.priors import VampPrior, sample_mixture
+from vaekit.runs import evaluate_run
 
 
 def mixture(mus, log_vars):

@@ -70,7 +70,7 @@ def test_run_directory_holds_everything(vae_run):
         ckpt = run / "checkpoints" / name
         assert load_file(str(ckpt / "model.safetensors"))  # non-empty, readable
         header = json.loads((ckpt / "config.json").read_text())
-        assert header["class"] == "VanillaVAE" and header["config"]["latent_dim"] == 4
+        assert header["name"] == "vanilla_vae" and header["config"]["latent_dim"] == 4
     assert (run / "checkpoints/last/training_state.safetensors").is_file()
     state = json.loads((run / "checkpoints/last/training_state.json").read_text())
     assert state["progress"]["epoch"] == 1 and state["progress"]["step"] == 4500 // 256
@@ -129,11 +129,11 @@ def test_run_directory_holds_everything(vae_run):
 def test_pictures_show_the_whole_test_split(vae_run):
     """Data files are often sorted by class (mnist5k's test split is): the reconstructions show test
     images spread over the whole split — every digit — not the first few classes."""
+    from vaekit.data import load_split
     from vaekit.runs import load_run
-    from vaekit.train import load_split
 
     cfg, _ = load_run(vae_run)
-    data = load_split(cfg, "test")
+    data = load_split(cfg.data, "test")
     spread = torch.linspace(0, len(data) - 1, 64).long()  # the 64 test images finalize_run picks
     shown = spread[torch.linspace(0, 63, 32).long()]
     with Image.open(vae_run / "reconstructions.png") as im:
@@ -182,8 +182,9 @@ def test_evaluation_is_repeatable_and_leaves_training_noise_alone(vae_run):
     """The held-out numbers are a function of the weights: the last row of metrics.csv (in-memory
     model after the last epoch) and metrics.json (the last checkpoint, reloaded) agree exactly, and
     evaluating draws nothing from the random stream that training uses."""
+    from vaekit.data import load_split
+    from vaekit.evaluate import evaluate_loss
     from vaekit.runs import load_run
-    from vaekit.train import evaluate_loss, load_split
 
     m = metrics(vae_run)
     last_row = rows(vae_run, "test")[-1]
@@ -191,7 +192,7 @@ def test_evaluation_is_repeatable_and_leaves_training_noise_alone(vae_run):
     assert {k: float(last_row[k]) for k in m["test"]} == m["test"]
 
     cfg, model = load_run(vae_run, "last")
-    data = load_split(cfg, "test")
+    data = load_split(cfg.data, "test")
     torch.manual_seed(7)
     expected_draw = torch.rand(3)
     torch.manual_seed(7)

@@ -4,19 +4,23 @@ The public API is re-exported here; the math lives in :mod:`vaekit.losses`.
 """
 
 from vaekit import losses
-from vaekit.checkpoint import load_model, save_model
-from vaekit.errors import ConfigError, DataError, VaekitError
+from vaekit.errors import ConfigError, DataError, IgnoredArgumentWarning, NoPriorError, VaekitError
 from vaekit.models import (
     MLPVAE,
     MODELS,
-    VAE,
     VQVAE,
+    AutoEncoder,
     ConvVAE,
+    GaussianLatentVAE,
     LinearGaussianVAE,
+    Model,
     VAEOutput,
     VanillaVAE,
     VQVAEOutput,
+    load_model,
+    vae_models,
 )
+from vaekit.outputs import NamedOutput
 from vaekit.quantize import QuantizerOutput, VectorQuantizer
 
 __version__ = "0.1.0"
@@ -24,12 +28,17 @@ __version__ = "0.1.0"
 __all__ = [
     "MLPVAE",
     "MODELS",
-    "VAE",
     "VQVAE",
+    "AutoEncoder",
     "ConfigError",
     "ConvVAE",
     "DataError",
+    "GaussianLatentVAE",
+    "IgnoredArgumentWarning",
     "LinearGaussianVAE",
+    "Model",
+    "NamedOutput",
+    "NoPriorError",
     "QuantizerOutput",
     "VAEOutput",
     "VQVAEOutput",
@@ -38,5 +47,5 @@ __all__ = [
     "VectorQuantizer",
     "load_model",
     "losses",
-    "save_model",
+    "vae_models",
 ]

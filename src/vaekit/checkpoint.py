@@ -54,54 +54,35 @@ def save_tensors(
     os.replace(tmp, path)
 
 
-def save_model(model: nn.Module, directory: str | os.PathLike) -> None:
-    """Write ``config.json`` (class name + constructor arguments) and ``model.safetensors``."""
+def save_model_files(
+    directory: str | os.PathLike, header: dict[str, Any], state_dict: dict[str, torch.Tensor]
+) -> None:
+    """Write ``config.json`` (``header``: the model's registry name and constructor arguments) and
+    ``model.safetensors`` (``state_dict``) into ``directory``, each atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    header = {"class": type(model).__name__, "config": model.config}
     atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
-    save_tensors(model.state_dict(), directory / WEIGHTS_NAME)
+    save_tensors(state_dict, directory / WEIGHTS_NAME)
 
 
-def model_from_config(header: dict[str, Any]) -> nn.Module:
-    """Build an untrained model from a ``{"class": name, "config": kwargs}`` header."""
-    from vaekit.models import MODELS
-
-    by_class = {cls.__name__: cls for cls in MODELS.values()}
-    name = header.get("class")
-    if name not in by_class:
-        raise VaekitError(f"unknown model class {name!r} in checkpoint; known: {sorted(by_class)}")
-    return by_class[name](**header["config"])
-
-
-def load_model(
-    directory: str | os.PathLike, map_location: Any = "cpu", expected_class: type | None = None
-) -> nn.Module:
-    """Rebuild a model saved by :func:`save_model` and load its weights (strictly)."""
-    directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for path in (config_path, weights_path):
+def _check_model_dir(directory: Path) -> None:
+    for path in (directory / CONFIG_NAME, directory / WEIGHTS_NAME):
         if not path.is_file():
             raise VaekitError(f"no {path.name} in {directory}: not a saved vaekit model")
-    header = json.loads(config_path.read_text())
-    model = model_from_config(header)
-    if expected_class is not None and not isinstance(model, expected_class):
-        raise VaekitError(f"{directory} holds a {type(model).__name__}, not a {expected_class.__name__}")
-    model.load_state_dict(load_file(str(weights_path), device=str(map_location)))
-    return model.to(map_location)
 
 
-class Pretrained:
-    """``save_pretrained`` / ``from_pretrained`` for any model that keeps its arguments in ``self.config``."""
+def load_model_header(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a saved model: ``{"name": registry name, "config": {...}}``."""
+    directory = Path(directory)
+    _check_model_dir(directory)
+    return json.loads((directory / CONFIG_NAME).read_text())
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` and ``config.json`` to ``directory``."""
-        save_model(self, directory)  # type: ignore[arg-type]
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: Any = "cpu") -> Any:
-        """Rebuild the model from ``config.json`` and load ``model.safetensors``; unpickles nothing."""
-        return load_model(directory, map_location=map_location, expected_class=cls)
+def load_weights(directory: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """The state dict in ``model.safetensors``, on ``map_location``."""
+    directory = Path(directory)
+    _check_model_dir(directory)
+    return load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
 
 
 # --- training checkpoints -------------------------------------------------------------------------
@@ -145,14 +126,14 @@ def save_training_checkpoint(
     scheduler: Any,
     progress: dict[str, Any],
 ) -> None:
-    """Model (as :func:`save_model`), optimizer, scheduler, RNG and loop progress, written to a
+    """Model (its ``save_pretrained``), optimizer, scheduler, RNG and loop progress, written to a
     temporary folder that then replaces ``directory`` — a crash leaves the old checkpoint whole."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     old = directory.with_name(f".{directory.name}.old")
     for path in (tmp, old):
         _remove_tree(path)
-    save_model(model, tmp)
+    model.save_pretrained(tmp)
     tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -191,7 +172,10 @@ def load_training_checkpoint(
     optimizer.load_state_dict(_optimizer_state_from_json(_join_tensors(tree["optimizer"], tensors)))
     scheduler.load_state_dict(_join_tensors(tree["scheduler"], tensors))
     torch.set_rng_state(tensors["rng.cpu"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    cuda_keys = sorted(
+        (k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1])
+    )
+    cuda_states = [tensors[k] for k in cuda_keys]  # by device number: "rng.cuda.10" after "rng.cuda.9"
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     return tree["progress"]

@@ -30,9 +30,9 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from vaekit.data import DATA_SOURCES, DOWNLOADABLE, LIKELIHOODS
 from vaekit.errors import ConfigError
 from vaekit.models import MODELS
-from vaekit.models.base import LIKELIHOODS
 from vaekit.nn import ACTIVATIONS
 
 __all__ = ["DATA_SOURCES", "DEFAULT_MODEL", "Config", "DataConfig", "ModelConfig", "TrainConfig"]
@@ -44,8 +44,6 @@ __all__ += ["load_config", "save_config"]
 DEFAULT_MODEL: Mapping[str, Any] = types.MappingProxyType(
     {"name": "vanilla_vae", "latent_dim": 16, "hidden_dims": [32, 64, 128], "likelihood": "bernoulli"}
 )
-DATA_SOURCES = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "folder")  # = vaekit.data.SOURCES
-DOWNLOADABLE = ("mnist", "fashion-mnist", "cifar10")  # = vaekit.data.DOWNLOADABLE
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16")

@@ -16,3 +16,15 @@ class ConfigError(VaekitError):
 
 class DataError(VaekitError):
     """A data set that cannot be found or read."""
+
+
+class NoPriorError(VaekitError, Warning):
+    """A model asked to sample that has no prior to sample from (a VQ-VAE without a prior over codes).
+
+    It is also a ``Warning``: PyTorch-VAE's experiment calls ``model.sample`` inside
+    ``try: … except Warning: pass``, since its own models raise ``Warning`` there.
+    """
+
+
+class IgnoredArgumentWarning(UserWarning):
+    """A keyword argument a model accepted for compatibility but does not use (a typo, perhaps)."""

@@ -1,4 +1,4 @@
-"""Evaluate a trained run: likelihood, reconstructions, latent and codebook statistics, sample quality.
+"""Evaluate a trained model: likelihood, reconstructions, latent and codebook statistics, sample quality.
 
 **Which data the likelihood is measured on.** A likelihood is only comparable when the data are:
 
@@ -15,37 +15,32 @@ log p(x) is the importance-sampled estimate with k samples of q(z|x) (Burda et a
 delta-method standard error; the standard error of the split mean is ``sqrt(Σ se_i²) / N``.
 Reconstructions (from μ, or the nearest codes) are scored on the data the model was trained on,
 in [0, 1]. Sample quality lives in :mod:`vaekit.features` (not Inception FID).
+:func:`vaekit.runs.evaluate_run` applies :func:`evaluate_model` to a run directory.
 """
 
 from __future__ import annotations
 
-import argparse
-import inspect
-import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from vaekit import features, metrics
-from vaekit.checkpoint import atomic_write_bytes
-from vaekit.data import ImageData, to_model_range, to_unit_range
+from vaekit.data import ImageData, likelihood_data, make_loader, to_model_range, to_unit_range
 from vaekit.errors import VaekitError
-from vaekit.features import sample_quality  # noqa: F401  (one of the pieces; lives with the features)
 from vaekit.losses import bits_per_dim, bits_per_dim_8bit, monte_carlo_kl, reparameterize
-from vaekit.models import VAE, VQVAE
+from vaekit.models import VQVAE, AutoEncoder, GaussianLatentVAE, Model
 
 DEFAULT_IW_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 100
-# Decoder outputs per log_px call. A CPU is fastest with calls that stay in its caches (measured on
-# this project's 2-core machine: the MLP VAE scores ~2× more samples per second with ~1000 images of
-# 28×28 per call than with 20,000); a GPU wants large calls.
+# Decoder outputs per log_px call. A CPU is fastest with calls that stay in its caches (the MLP VAE
+# scored ~2× more samples per second with ~1000 images of 28×28 per call than with 20,000 on a small
+# AVX-512 machine, docs/benchmarks.md); a GPU wants large calls.
 PIXEL_BUDGET = {"cpu": 1000 * 784, "cuda": 50_000 * 784}
 DATA_NOTES = {
     "binary": "binary data: no offset; the split binarized once (seed {seed})",
@@ -85,32 +80,7 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-# --- the data the numbers are measured on ---------------------------------------------------------
-
-
-def binarize_once(images: Tensor, seed: int) -> Tensor:
-    """uint8 ``[N, ...]`` → float {0, 1}: one Bernoulli(v/255) draw per pixel, generator seeded."""
-    return torch.bernoulli(images.float() / 255.0, generator=torch.Generator().manual_seed(seed))
-
-
-def dequantize(images: Tensor, seed: int) -> Tensor:
-    """uint8 ``[N, ...]`` → float32 ``2 (v + u)/256 − 1`` in [-1, 1), u ~ U(0, 1) seeded.
-
-    Computed in float64; rounding to float32 may not reach the next bin's edge, so the value is
-    kept strictly below it: every x lies in its own pixel's bin ``[2v/256 − 1, 2(v+1)/256 − 1)``.
-    """
-    v = images.double()
-    u = torch.rand(v.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    x = ((v + u) / 128.0 - 1.0).float()
-    upper = ((v + 1.0) / 128.0 - 1.0).float()  # exact: a multiple of 1/128
-    return torch.minimum(x, torch.nextafter(upper, torch.full_like(upper, -2.0)))
-
-
-def likelihood_data(images: Tensor, kind: str, seed: int) -> tuple[Tensor, str]:
-    """The split on which log p(x) is measured, and the bits/dim conversion: "binary" or "8bit"."""
-    if kind == "bernoulli":
-        return binarize_once(images, seed), "binary"
-    return dequantize(images, seed), "8bit"
+# --- the data the numbers are measured on (made by vaekit.data.likelihood_data) -----------------
 
 
 def to_bits_per_dim(nll_nats: float, num_dims: int, conversion: str) -> float:
@@ -132,7 +102,7 @@ def auto_chunk(batch: Tensor, num_samples: int) -> int:
 
 @torch.no_grad()
 def likelihood_metrics(
-    model: VAE,
+    model: AutoEncoder,
     batches: Iterable[Tensor],
     iw_samples: int = DEFAULT_IW_SAMPLES,
     chunk_size: int | None = None,
@@ -170,7 +140,7 @@ def likelihood_metrics(
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, float]:
+def reconstruction_metrics(model: AutoEncoder, batches: Iterable[Tensor]) -> dict[str, float]:
     """Mean squared error, PSNR and SSIM of deterministic reconstructions, on images in [0, 1]."""
     model.eval()
     kind, sq_err, psnr, ssim, n = model.likelihood.kind, 0.0, 0.0, 0.0, 0
@@ -186,7 +156,11 @@ def reconstruction_metrics(model: nn.Module, batches: Iterable[Tensor]) -> dict[
 
 @torch.no_grad()
 def latent_metrics(
-    model: VAE, batches: Iterable[Tensor], threshold: float = 0.01, kl_samples: int = 16, seed: int = 0
+    model: GaussianLatentVAE,
+    batches: Iterable[Tensor],
+    threshold: float = 0.01,
+    kl_samples: int = 16,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """KL(q(z|x) ‖ p(z)) (mean over the split) and Burda et al.'s active units.
 
@@ -230,7 +204,45 @@ def codebook_metrics(model: VQVAE, batches: Iterable[Tensor]) -> dict[str, Any]:
     }
 
 
-# --- a whole run ----------------------------------------------------------------------------------
+# --- during training: the mean loss terms over a split ---------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_loss(model: Model, data: ImageData, cfg: Any, device: torch.device) -> dict[str, float]:
+    """Mean of the terms of ``model.loss_function`` per example over a whole split (β = 1: the ELBO),
+    in eval mode, batched as ``cfg.train.batch_size``.
+
+    The split is binarized (if at all) with a fixed seed, so every evaluation sees the same data, and
+    the reparameterization noise comes from a fixed seed too, in a forked RNG: the same weights always
+    get the same numbers, and evaluating leaves the training run's random stream untouched.
+    """
+    was_training = model.training
+    model.eval()
+    loader = make_loader(
+        data,
+        cfg.train.batch_size,
+        model.likelihood.kind,
+        shuffle=False,
+        drop_last=False,
+        seed=1234,
+        binarize=cfg.data.binarize,
+        num_workers=cfg.data.num_workers,
+    )
+    sums: dict[str, float] = {}
+    count = 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(1234)
+        for x, _ in loader:
+            x = x.to(device)
+            terms = model.loss_function(*model(x), beta=1.0)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * len(x)
+            count += len(x)
+    model.train(was_training)
+    return {key: value / count for key, value in sums.items()}
+
+
+# --- a trained model on a split -------------------------------------------------------------------
 
 
 def _split_images(data: ImageData) -> Tensor:
@@ -240,21 +252,15 @@ def _split_images(data: ImageData) -> Tensor:
     return torch.cat(list(torch.utils.data.DataLoader(data.dataset, batch_size=256)))
 
 
-def _check_protocol(name: str, cfg: Any, model: nn.Module, split: str, iw_samples: int | None) -> Protocol:
+def _check_protocol(name: str, cfg: Any, model: AutoEncoder, split: str, iw_samples: int | None) -> Protocol:
     if name not in PROTOCOLS:
         raise VaekitError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     p = PROTOCOLS[name]
     d = cfg.data
     native = d.image_size is None and d.channels is None  # the published numbers are at 28×28×1
     found = (d.name, model.likelihood.kind, d.train_split, d.valid_split, d.binarize, native)
-    if not isinstance(model, VAE) or found != (
-        p.data,
-        p.likelihood,
-        p.train_split,
-        p.valid_split,
-        p.binarize,
-        True,
-    ):
+    expected = (p.data, p.likelihood, p.train_split, p.valid_split, p.binarize, True)
+    if not model.estimates_log_px or found != expected:
         raise VaekitError(
             f"protocol {name} needs a VAE trained on {p.data} at its native size (data.train_split="
             f"{p.train_split}, data.valid_split={p.valid_split}, data.binarize={str(p.binarize).lower()}, "
@@ -270,45 +276,39 @@ def _check_protocol(name: str, cfg: Any, model: nn.Module, split: str, iw_sample
     return p
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    split: str = "test",
+#: The statistics of each kind of latent (:attr:`vaekit.models.AutoEncoder.latent_type`).
+LATENT_METRICS = {"gaussian": latent_metrics, "discrete": codebook_metrics}
+
+
+def evaluate_model(
+    cfg: Any,
+    model: AutoEncoder,
+    split: str,
+    load_split: Callable[[str], ImageData],
     iw_samples: int | None = None,
     protocol: str | None = None,
     seed: int = 0,
     batch_size: int | None = None,
-    device: str = "cpu",
-    checkpoint: str = "best",
     sample_metrics: bool = True,
     progress: bool = True,
-    json_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Every metric that applies to the run's model, also written as JSON (default ``RUN/evaluation.json``).
+    """Every metric that applies to ``model`` (trained with config ``cfg``) on the data of ``split``.
 
-    ``iw_samples`` defaults to 1000 (a protocol fixes its own); ``batch_size`` to 100.
+    log p(x) when the model estimates it, reconstruction, the statistics of its kind of latent, and
+    sample quality when it can sample and the data are labelled (the feature classifier learns from
+    the training split). ``load_split(name)`` gives a split of the run's data; it is called after
+    a protocol's checks. ``iw_samples`` defaults to 1000 (a protocol fixes its own); ``batch_size``
+    to 100.
     """
-    from vaekit.runs import load_run  # runs imports train: keep `import vaekit.evaluate` light
-    from vaekit.train import load_split
-
-    run_dir = Path(run_dir)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg, model = load_run(run_dir, checkpoint, map_location=device)
-    # NHWC convolutions: 1.3-1.6× more importance samples per second for the conv decoders on this
-    # CPU (benchmarks/bench_nll.py), the same values up to rounding; models without 4-d weights stay
-    model = model.to(memory_format=torch.channels_last)
     proto = _check_protocol(protocol, cfg, model, split, iw_samples) if protocol else None
     k = proto.iw_samples if proto else (iw_samples or DEFAULT_IW_SAMPLES)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if k < 1 or batch_size < 1:
         raise VaekitError(f"--iw-samples and --batch-size must be positive, got {k} and {batch_size}")
     data_seed = proto.data_seed if proto else seed
-    data = load_split(cfg, split)
+    data = load_split(split)
     images, kind = _split_images(data), model.likelihood.kind  # [N, C, H, W] uint8
-
     res: dict[str, Any] = {
-        "run": str(run_dir),
-        "checkpoint": checkpoint,
         "model": cfg.model.name,
         "data": cfg.data.name,
         "split": split,
@@ -322,7 +322,7 @@ def evaluate_run(
     started = time.perf_counter()
     x_eval, conversion = likelihood_data(images, kind, data_seed)
     x_recon = x_eval if kind == "bernoulli" and cfg.data.binarize else to_model_range(images, kind)
-    if isinstance(model, VAE):
+    if model.estimates_log_px:
         res.update(likelihood_metrics(model, x_eval.split(batch_size), k, seed=seed, progress=progress))
         res["bits_per_dim"] = to_bits_per_dim(res["nll_nats"], images[0].numel(), conversion)
         res["bits_per_dim_conversion"] = conversion
@@ -331,107 +331,22 @@ def evaluate_run(
             res["data_note"] += "; the model was trained on grey levels, evaluated on the binarized split"
         timings["likelihood"] = time.perf_counter() - started
     res.update(reconstruction_metrics(model, x_recon.split(batch_size)))
-    stats = latent_metrics if isinstance(model, VAE) else codebook_metrics
-    res.update(stats(model, x_recon.split(batch_size)))
+    res.update(LATENT_METRICS[model.latent_type](model, x_recon.split(batch_size)))
     timings["reconstruction_latents"] = time.perf_counter() - started - sum(timings.values())
 
     if not sample_metrics:
         res["sample_quality_note"] = "skipped (--no-sample-metrics)"
-    elif not isinstance(model, VAE):
-        res["sample_quality_note"] = "a VQ-VAE has no prior over codes to sample from: no sample metrics"
+    elif not model.can_sample:
+        res["sample_quality_note"] = (
+            f"a {type(model).__name__} without a prior cannot sample: no sample metrics"
+        )
     elif data.labels is None:
         res["sample_quality_note"] = "unlabelled data: no classifier to define features, no sample metrics"
     else:
-        train = load_split(cfg, cfg.data.train_split)
+        train = load_split(cfg.data.train_split)
         res.update(features.model_sample_quality(model, train, data, seed, batch_size, progress))
         timings["sample_quality"] = time.perf_counter() - started - sum(timings.values())
     if proto is not None:
         res.update(protocol=protocol, protocol_description=proto.description, published=proto.published)
     res["timings_s"] = {key: round(value, 2) for key, value in timings.items()}
-    path = Path(json_path) if json_path is not None else run_dir / "evaluation.json"
-    atomic_write_bytes(path, (json.dumps(res, indent=2) + "\n").encode())
-    res["json_path"] = str(path)
     return res
-
-
-# --- output and command line ----------------------------------------------------------------------
-
-_ROWS = [
-    ("elbo_nats", "test ELBO (nats/example)"),
-    ("nll_nats", "NLL, importance-sampled (nats)"),
-    ("bits_per_dim", "bits/dim"),
-    ("recon_mse", "reconstruction MSE [0,1]"),
-    ("psnr", "PSNR (dB)"),
-    ("ssim", "SSIM"),
-    ("kl_nats", "KL (nats/example)"),
-    ("active_units", "active units"),
-    ("codebook_usage", "codebook usage"),
-    ("perplexity", "codebook perplexity"),
-    ("dead_codes", "dead codes"),
-    ("frechet_distance", "Fréchet distance (floor)"),
-    ("kid", "KID (floor)"),
-    ("precision", "precision"),
-    ("recall", "recall"),
-    ("classifier_test_accuracy", "feature classifier accuracy"),
-]
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """The results as an aligned two-column table, notes and published numbers below."""
-    lines = [
-        f"{results['model']} on {results['data']} ({results['split']}, {results['num_examples']} examples)"
-    ]
-    for key, label in _ROWS:
-        if key not in results:
-            continue
-        value = results[key]
-        text = f"{value:.4g}" if isinstance(value, float) else str(value)
-        if key == "nll_nats":
-            text = f"{value:.2f} ± {results['nll_stderr']:.2f}  (k = {results['iw_samples']})"
-        elif key == "active_units":
-            text += f" / {results['latent_dim']}"
-        elif key in ("frechet_distance", "kid"):
-            text += f"  ({results[key + '_floor']:.4g})"
-        lines.append(f"  {label:<32} {text}")
-    for name, nll in results.get("published", {}).items():
-        lines.append(f"  {'published: ' + name:<32} {nll:.2f}")
-    lines += [
-        f"  note: {results[k]}"
-        for k in ("data_note", "feature_space_note", "sample_quality_note")
-        if k in results
-    ]
-    return "\n".join(lines)
-
-
-def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``vaekit evaluate`` to an argparse sub-parser set."""
-    p = subparsers.add_parser(
-        "evaluate", help="likelihood, reconstruction, latent and sample metrics of a run"
-    )
-    p.add_argument("run_dir", metavar="RUN", help="a run directory written by `vaekit train`")
-    p.add_argument("--split", default="test", help="data split (default test)")
-    p.add_argument(
-        "--iw-samples", type=int, metavar="K", help=f"importance samples (default {DEFAULT_IW_SAMPLES})"
-    )
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), help="a published protocol (fixes split and k)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of sampling, and of binarization/dequantization unless a protocol fixes the data",
-    )
-    p.add_argument("--batch-size", type=int, help=f"examples per batch (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--json", dest="json_path", metavar="FILE", help="default RUN/evaluation.json")
-    p.add_argument("--no-sample-metrics", dest="sample_metrics", action="store_false", help="no classifier")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    return p
-
-
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    """Run :func:`evaluate_run` with the parsed arguments; print the table and where the JSON went."""
-    params = inspect.signature(evaluate_run).parameters
-    results = evaluate_run(**{key: value for key, value in vars(args).items() if key in params})
-    print(format_table(results))
-    print(f"wrote {results['json_path']}")

@@ -131,6 +131,26 @@ def monte_carlo_kl(log_var: Tensor, log_prior_z: Tensor) -> Tensor:
     return -gaussian_entropy(log_var) - log_prior_z
 
 
+# --- Vector quantization ------------------------------------------------------------------------
+
+
+def vq_latent_loss(z_e: Tensor, z_q: Tensor, beta: float, codebook_term: bool = True) -> Tensor:
+    """The latent terms of the VQ-VAE objective per example (van den Oord et al. 2017, eq. 3).
+
+    ``‖sg[z_e] − e‖² + β ‖z_e − sg[e]‖²``, each squared norm summed over the latent map of one
+    example (z_e the encoder output, e = z_q its nearest codes, sg the stop-gradient). The first,
+    codebook term moves the codes toward the encoder outputs; the second, commitment term keeps
+    the encoder near its codes. Both have the value ‖z_e − e‖², only their gradients differ. With
+    an EMA codebook (the paper's appendix A.1) the codes follow moving averages instead, and only
+    the commitment term is a loss (``codebook_term=False``). ``z_e, z_q: [B, ...] -> [B]``.
+    """
+    commitment = _sum_event((z_e - z_q.detach()).pow(2), z_e)
+    if not codebook_term:
+        return beta * commitment
+    codebook = _sum_event((z_e.detach() - z_q).pow(2), z_e)
+    return codebook + beta * commitment
+
+
 # --- Bounds -------------------------------------------------------------------------------------
 
 

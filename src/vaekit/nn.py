@@ -42,6 +42,17 @@ def transpose_output_padding(target: int, source: int, kernel: int, padding: int
     return padding_needed
 
 
+def upsampling_conv(
+    c_in: int, c_out: int, kernel: int, target: Sequence[int], source: Sequence[int], padding: int = 1
+) -> nn.ConvTranspose2d:
+    """A stride-2 transposed conv that maps a ``source`` (h, w) feature map to exactly ``target`` (H, W):
+    the decoders' up-sampling step, mirroring a stride-2 conv of the encoder."""
+    output_padding = tuple(
+        transpose_output_padding(t, s, kernel, padding) for t, s in zip(target, source, strict=True)
+    )
+    return nn.ConvTranspose2d(c_in, c_out, kernel, stride=2, padding=padding, output_padding=output_padding)
+
+
 def check_min_size(model_name: str, height: int, width: int, min_size: int, why: str) -> None:
     """Raise a ``ValueError`` if an image side is below what the architecture needs."""
     if height < min_size or width < min_size:

@@ -3,7 +3,8 @@
 Keeps the semantics of PyTorch-VAE's ``VectorQuantizer`` quoted in the seed document: latents
 ``[B, D, H, W]`` are flattened to ``z: [N, D]`` (N = B·H·W), each row is replaced by its nearest
 codebook row ``e`` in squared L2 distance, the loss is ``β·mse(sg[e], z) + mse(e, sg[z])`` (element
-means) and the output is the straight-through ``z + sg[e − z]``. Unlike the seed, no ``[N, K]``
+means; per example, :func:`vaekit.losses.vq_latent_loss` sums the same terms over one latent map) and
+the output is the straight-through ``z + sg[e − z]``. Unlike the seed, no ``[N, K]``
 one-hot or full ``[N, K]`` distance matrix is built: rows are gathered with ``F.embedding``, counts
 come from ``torch.bincount``, sums from ``index_add_``, and the search runs ``chunk_size`` rows at a time.
 
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaekit.errors import VaekitError
+from vaekit.losses import vq_latent_loss
+from vaekit.outputs import NamedOutput
 
 
 def _distributed() -> bool:
@@ -72,6 +75,15 @@ def nearest_rows(flat: Tensor, codebook: Tensor, chunk_size: int) -> Tensor:
     return out
 
 
+def perplexity(counts: Tensor) -> Tensor:
+    """``exp(−Σ_k p_k log p_k)`` with ``p_k = counts_k / Σ counts``: how many codes are in effective use.
+
+    ``counts: [K]`` → 0-dim float; 1 when one code takes everything, K when all are used equally.
+    """
+    probs = counts.float() / counts.sum().clamp_min(1)  # [K]
+    return torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum())
+
+
 def kmeans(flat: Tensor, k: int, iters: int, chunk_size: int) -> Tensor:
     """Lloyd's k-means on ``flat`` ``[N, D]``; returns ``k`` centres ``[k, D]`` (float32).
 
@@ -97,30 +109,18 @@ def kmeans(flat: Tensor, k: int, iters: int, chunk_size: int) -> Tensor:
     return centres
 
 
-class QuantizerOutput(tuple):
+class QuantizerOutput(NamedOutput):
     """Unpacks like the seed: ``quantized, vq_loss = quantizer(latents)``; extras by name.
 
-    ``quantized`` ``[B, D, H, W]`` (straight-through), ``loss`` (0-dim), ``indices`` ``[B, H, W]``
-    long, ``perplexity`` = ``exp(−Σ_k p_k log p_k)`` with ``p_k = usage_k / N`` (0-dim), ``usage``
-    ``[K]`` float counts of how many vectors of this batch picked each code.
+    ``quantized`` ``[B, D, H, W]`` (straight-through), ``loss`` (0-dim, the seed's element mean);
+    extras: ``indices`` ``[B, H, W]`` long, ``perplexity`` = ``exp(−Σ_k p_k log p_k)`` with
+    ``p_k = usage_k / N`` (0-dim), ``usage`` ``[K]`` float counts of how many vectors of this batch
+    picked each code, ``loss_per_example`` ``[B]`` (:func:`vaekit.losses.vq_latent_loss`).
     """
 
     quantized: Tensor
     loss: Tensor
-    indices: Tensor
-    perplexity: Tensor
-    usage: Tensor
-
-    def __new__(cls, quantized: Tensor, loss: Tensor, indices: Tensor, perplexity: Tensor, usage: Tensor):
-        """Build the 2-tuple ``(quantized, loss)`` and attach the extras as attributes."""
-        self = super().__new__(cls, (quantized, loss))
-        self.quantized, self.loss, self.indices = quantized, loss, indices
-        self.perplexity, self.usage = perplexity, usage
-        return self
-
-    def __getnewargs__(self) -> tuple[Tensor, ...]:
-        """Arguments that rebuild this output (keeps it picklable and copyable)."""
-        return (self.quantized, self.loss, self.indices, self.perplexity, self.usage)
+    _extras = ("indices", "perplexity", "usage", "loss_per_example")
 
 
 class VectorQuantizer(nn.Module):
@@ -195,20 +195,20 @@ class VectorQuantizer(nn.Module):
             self._kmeans_init(flat)
         indices = self.nearest_codes(flat)  # [N]
         quantized = F.embedding(indices, self.embedding.weight).view(b, h, w, self.D).to(z.dtype)  # [B,H,W,D]
-        commitment_loss = F.mse_loss(quantized.detach(), z)
-        if self.ema:
-            loss = self.beta * commitment_loss
-        else:
-            embedding_loss = F.mse_loss(quantized, z.detach())
-            loss = self.beta * commitment_loss + embedding_loss
+        # [B]: Σ over one latent map, in float32 also under autocast
+        loss_per_example = vq_latent_loss(z.float(), quantized.float(), self.beta, not self.ema)
+        loss = loss_per_example.mean() / (h * w * self.D)  # the seed's element mean (β·mse + mse)
         usage = torch.bincount(indices, minlength=self.K).float()  # [K]
         if self.training:
             self._update_codebook(flat, indices, usage)
-        probs = usage / usage.sum().clamp_min(1)  # [K]
-        perplexity = torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum())
         out = z + (quantized - z).detach()  # [B, H, W, D], gradient d out / d z = identity
         return QuantizerOutput(
-            out.permute(0, 3, 1, 2).contiguous(), loss, indices.view(b, h, w), perplexity, usage
+            out.permute(0, 3, 1, 2).contiguous(),  # [B, D, H, W]
+            loss,
+            indices=indices.view(b, h, w),
+            perplexity=perplexity(usage),
+            usage=usage,
+            loss_per_example=loss_per_example,
         )
 
     def _sync_from_rank0(self) -> None:

@@ -7,6 +7,7 @@ that can build numpy arrays and nothing else, so a malicious file cannot run cod
 
 :func:`download` fetches the official ``cifar-10-python.tar.gz``, checks its MD5 and only then
 unpacks it, refusing any member that is not a regular file directly inside ``cifar-10-batches-py/``.
+The registry (:mod:`vaekit.data.sources`) uses :func:`read`, :func:`download` and :func:`status`.
 """
 
 from __future__ import annotations
@@ -168,6 +169,23 @@ def load(path: str | os.PathLike | None = None, split: str = "train") -> tuple[t
     images = np.concatenate([p[0] for p in parts])  # [N,3,32,32]
     labels = np.concatenate([p[1] for p in parts])  # [N]
     return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def read(path: str | os.PathLike | None, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The registry's reader: :func:`load`'s images and labels, and the directory they came from."""
+    root = find_root(path)
+    return (*load(root, split), str(root))
+
+
+def status() -> str:
+    """One line for ``vaekit datasets``: where CIFAR-10 was found, or how to provide it."""
+    try:
+        return f"found at {find_root()} (data_batch_1..5 and test_batch)"
+    except DataError:
+        return (
+            "not found — pass data.path=DIR containing data_batch_1..5 and test_batch, "
+            "or fetch them with --set data.download=true"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------

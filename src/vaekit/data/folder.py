@@ -8,6 +8,9 @@ its shorter side becomes ``image_size`` — and centre-cropped to exactly that s
 Splits: if the root has both ``train/`` and ``test/`` sub-directories, they are the splits.
 Otherwise the files are split 90/10 by a fixed hash of each relative path (an image's split never
 changes when other files are added or removed): ``len // 10`` files go to "test".
+
+The registry (:mod:`vaekit.data.sources`) uses :func:`open_split` and :func:`status`; there is no
+download.
 """
 
 from __future__ import annotations
@@ -130,3 +133,17 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return load_image(self.files[index], self.size, self.channels)  # [C,H,W] uint8
+
+
+def open_split(
+    path: str | os.PathLike | None, split: str, size: tuple[int, int], channels: int
+) -> FolderDataset:
+    """The registry's loader: a :class:`FolderDataset` over ``path``, which the folder source needs."""
+    if path is None:
+        raise DataError("the folder data set needs a directory: pass data.path=DIR, a tree of image files")
+    return FolderDataset(path, size, channels, split)
+
+
+def status() -> str:
+    """One line for ``vaekit datasets``: how to provide a folder of images."""
+    return "pass data.path=DIR, any tree of image files (train/ and test/ sub-folders optional)"

@@ -3,6 +3,10 @@
 IDX layout (all integers big-endian): two zero bytes, one byte type code, one byte ``ndim``, then
 ``ndim`` unsigned 32-bit sizes, then the values in C order. Type codes: 0x08 uint8, 0x09 int8,
 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64.
+
+For the registry (:mod:`vaekit.data.sources`) each data set here has :func:`read`, :func:`download`
+and :func:`status`, called with its name ("mnist" or "fashion-mnist"); :func:`read_idx` also reads
+the embedded mnist5k files.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ _VALID_SIZE = 10_000
 #: computed at call time from ``$VAEKIT_DATA`` and ``~/.cache/vaekit``).
 SYSTEM_DIRS = {
     "mnist": [Path("/usr/share/datasets/mnist")],
-    "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],  # Debian: dataset-fashion-mnist
+    "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
 }
+#: The Debian packages that install a data set into its :data:`SYSTEM_DIRS`.
+DEBIAN_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
 
 #: Where :func:`download` fetches from (tried in order). The MNIST files on yann.lecun.com often
 #: refuse automated clients; the ossci mirror serves byte-identical copies.
@@ -185,7 +191,8 @@ def find_root(name: str, root: str | os.PathLike | None = None) -> Path:
     for d in dirs:
         if _has_all_files(d):
             return d
-    hint = " or install the Debian package dataset-fashion-mnist" if name == "fashion-mnist" else ""
+    package = DEBIAN_PACKAGES.get(name)
+    hint = f" or install the Debian package {package}" if package else ""
     raise DataError(
         f"{name} not found (looked in {', '.join(str(d) for d in dirs)}); pass data.path=DIR holding "
         f"the four IDX files, or download them with --set data.download=true "
@@ -232,21 +239,29 @@ def load(
     return x, y
 
 
-def load_mnist(
-    root: str | os.PathLike | None = None, split: str = "train"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST: ``images`` uint8 ``[N,1,28,28]``, ``labels`` int64 ``[N]``; see :func:`load`."""
-    return load("mnist", root, split)
+def read(name: str, path: str | os.PathLike | None, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The registry's reader: :func:`load`'s images and labels, and the directory they came from."""
+    root = find_root(name, path)
+    return (*load(name, root, split), str(root))
 
 
-def load_fashion_mnist(
-    root: str | os.PathLike | None = None, split: str = "train"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST: ``images`` uint8 ``[N,1,28,28]``, ``labels`` int64 ``[N]``; see :func:`load`.
-
-    With ``root=None`` the Debian package's /usr/share/datasets/fashion-mnist is found automatically.
-    """
-    return load("fashion-mnist", root, split)
+def status(name: str) -> str:
+    """One line for ``vaekit datasets``: where ``name`` was found, or how to provide it."""
+    try:
+        root = find_root(name)
+    except DataError:
+        dirs = ", ".join(str(d) for d in search_dirs(name))
+        package = DEBIAN_PACKAGES.get(name)
+        extra = f", or `apt install {package}`" if package else ""
+        return (
+            f"not found (looked in {dirs}) — pass data.path=DIR with the four IDX files, "
+            f"or fetch them with --set data.download=true{extra}"
+        )
+    try:
+        n = sum(idx_shape(_find_file(root, FILES[s][0]))[0] for s in ("train", "test"))
+    except DataError as e:
+        return f"found at {root} but unreadable: {e}"
+    return f"found at {root} ({n:,} images)"
 
 
 def _check_name(name: str) -> None:

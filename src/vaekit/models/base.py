@@ -1,54 +1,97 @@
-"""The interface every vaekit VAE shares, and the decoder likelihoods.
+"""The contract every vaekit model implements, and the helpers that make it cheap to implement.
 
-The method names are PyTorch-VAE's (``encode``, ``decode``, ``reparameterize``, ``forward``,
-``loss_function``, ``sample``, ``generate``), so code written against the seed runs unchanged.
-What differs, on purpose:
+:class:`Model` is what the trainer, the evaluator, the pictures and the command line rely on —
+they never ask which family a model belongs to:
 
-* ``loss_function`` without the seed's ``M_N`` keyword returns the negative ELBO in nats per
-  example for the model's own likelihood; with ``M_N`` it computes the seed's objective exactly
-  (pixel-mean MSE + M_N · batch-mean KL), kept for compatibility.
-* ``'KLD'`` is the positive divergence KL(q(z|x) ‖ p(z)); the seed logs its negative.
-* ``sample`` and ``generate`` return images (the decoder's mean), also for a Bernoulli decoder
-  whose ``decode`` returns logits.
+* ``forward(input)`` returns one :class:`~vaekit.outputs.NamedOutput`, which unpacks like
+  PyTorch-VAE's list, so ``model.loss_function(*model(x))`` works;
+* ``loss_function(*outputs, beta=1.0)`` returns a dict of 0-dim tensors: ``"loss"`` (what the
+  optimizer minimises, in nats per example) and every statistic worth logging;
+* ``can_sample`` / ``sample(num_samples, current_device, generator=None)``; without a prior,
+  ``sample`` raises :class:`~vaekit.errors.NoPriorError`;
+* ``save_pretrained(dir)`` / ``cls.from_pretrained(dir)``: the constructor's arguments, captured
+  once by :func:`capture_config`, are the saved config, and ``cls(**config)`` rebuilds the model.
+
+:class:`AutoEncoder` adds what an image model with an encoder and a decoder offers: ``encode``,
+``decode``, ``latent`` / ``decode_latent`` (the space interpolation happens in),
+``encode_latents`` (what ``vaekit encode`` writes), ``reconstruct``, ``generate``, the decoder
+``likelihood`` and ``input_shape``.
+
+The method names are PyTorch-VAE's, and its calls are accepted as it makes them: ``name`` and
+``img_size`` constructor keys, ``M_N``/``optimizer_idx``/``batch_idx`` in ``loss_function``,
+``labels=`` in ``forward``/``sample``/``generate``. Any other unknown keyword is accepted with an
+:class:`~vaekit.errors.IgnoredArgumentWarning` that names it (PyTorch-VAE ignores them silently,
+which hides typos); the YAML config stays strict.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+import functools
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaekit.checkpoint import Pretrained
-from vaekit.losses import (
-    bernoulli_log_likelihood,
-    diagonal_gaussian_log_prob,
-    elbo,
-    estimate_log_px,
-    gaussian_kl,
-    gaussian_log_likelihood,
-    gaussian_mixture_log_prob,
-    monte_carlo_kl,
-    reparameterize,
-    standard_normal_log_prob,
-)
-from vaekit.priors import PRIORS, VampPrior, sample_mixture
+from vaekit import checkpoint
+from vaekit.errors import IgnoredArgumentWarning, NoPriorError, VaekitError
+from vaekit.outputs import NamedOutput
 
-LIKELIHOODS = ("bernoulli", "gaussian")
-# Keywords PyTorch-VAE's experiment passes to loss_function besides M_N; accepted and unused.
-_SEED_LOSS_KWARGS = frozenset({"optimizer_idx", "batch_idx"})
+#: Keywords PyTorch-VAE's experiment passes to ``loss_function`` besides ``M_N``: accepted, unused.
+PYTORCH_VAE_LOSS_KEYWORDS = frozenset({"optimizer_idx", "batch_idx"})
+#: Passed by PyTorch-VAE to ``forward``, ``sample`` and ``generate``; unconditional models ignore it.
+LABELS = frozenset({"labels"})
+
+ModelT = TypeVar("ModelT", bound="Model")
 
 
-class VAEOutput(NamedTuple):
-    """What ``VAE.forward`` returns; unpacks as the seed's ``recons, input, mu, log_var``."""
+def warn_ignored(
+    owner: object, method: str, kwargs: Mapping[str, Any], silently: Collection[str] = ()
+) -> None:
+    """Warn (:class:`IgnoredArgumentWarning`) about the keywords of ``kwargs`` not in ``silently``."""
+    unknown = sorted(set(kwargs) - set(silently))
+    if unknown:
+        warnings.warn(
+            f"{type(owner).__name__}.{method} ignores the keyword argument(s) {', '.join(unknown)}: "
+            "vaekit does not use them (a typo?)",
+            IgnoredArgumentWarning,
+            stacklevel=3,
+        )
 
-    recons: Tensor  # decoder output: the mean (Gaussian) or the logits (Bernoulli), like input
-    input: Tensor
-    mu: Tensor  # [B, latent_dim]
-    log_var: Tensor  # [B, latent_dim]
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: the JSON form of a constructor argument."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def capture_config(init: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a model's ``__init__`` so that its arguments, defaults filled in, become ``self.config``.
+
+    The signature is the schema: nothing is typed twice, and ``cls(**model.config)`` rebuilds the
+    model (diffusers' ``register_to_config`` in spirit). Called as PyTorch-VAE's ``run.py`` calls
+    its models, ``name`` is ignored, ``img_size`` means ``image_size`` and any other unknown keyword
+    is dropped with an :class:`IgnoredArgumentWarning` naming it.
+    """
+    signature = inspect.signature(init)
+    names = list(signature.parameters)[1:]  # without self
+
+    @functools.wraps(init)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        if "img_size" in kwargs and "image_size" in names and "image_size" not in kwargs:
+            kwargs["image_size"] = kwargs.pop("img_size")  # PyTorch-VAE's name for it
+        ignored = {key: kwargs.pop(key) for key in list(kwargs) if key not in names}
+        warn_ignored(self, "__init__", ignored, silently={"name"})
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(self, *args, **kwargs)
+        self.config = {key: _plain(value) for key, value in list(bound.arguments.items())[1:]}
+
+    return wrapper
 
 
 def image_shape(in_channels: int, image_size: int | Sequence[int]) -> tuple[int, int, int]:
@@ -81,198 +124,113 @@ def check_input(model: nn.Module, x: Tensor, expected: tuple[int, ...]) -> None:
         )
 
 
-class DecoderLikelihood(nn.Module):
-    """p(x|z) of a factorised decoder: Bernoulli from logits, or Gaussian with fixed/learned σ.
+class Model(nn.Module):
+    """The contract of every vaekit model (see the module docstring)."""
 
-    For a Gaussian the decoder's output is the mean (in [-1, 1] behind a Tanh, like the seed);
-    ``log σ`` is a fixed buffer, or a learned parameter of shape ``scale_shape`` (one per channel).
-    """
+    registry_name: ClassVar[str]  # its key in vaekit.models.MODELS, in config.yaml and config.json
+    config: dict[str, Any]  # the constructor's arguments (set by @capture_config)
+    #: What :meth:`sample` says when the model has no prior: what is missing, what to do instead.
+    no_prior_message: ClassVar[str] = "this model has no prior to sample from"
 
-    def __init__(self, kind: str, sigma: float, learn_sigma: bool, scale_shape: Sequence[int]) -> None:
-        super().__init__()
-        if kind not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {kind!r}")
-        if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
-        self.kind = kind
-        log_sigma = torch.full(tuple(scale_shape), math.log(sigma))
-        if kind == "gaussian" and learn_sigma:
-            self.log_scale = nn.Parameter(log_sigma)
-        else:
-            # fixed σ comes from the config, so it stays out of the state dict: a seed (PyTorch-VAE)
-            # state dict loads strictly
-            self.register_buffer("log_scale", log_sigma, persistent=False)
+    def forward(self, input: Tensor, **kwargs: Any) -> NamedOutput:
+        raise NotImplementedError
 
-    def log_prob(self, x: Tensor, recons: Tensor) -> Tensor:
-        """log p(x|z) per example ``[B]`` (see :mod:`vaekit.losses`)."""
-        if self.kind == "bernoulli":
-            return bernoulli_log_likelihood(x, recons)
-        return gaussian_log_likelihood(x, recons, self.log_scale)
+    def loss_function(self, *outputs: Tensor, beta: float = 1.0, **kwargs: Any) -> dict[str, Tensor]:
+        """The objective and the logged statistics from ``forward``'s outputs (all 0-dim tensors).
 
-    def mean(self, recons: Tensor) -> Tensor:
-        """E[x|z]: the image the decoder stands for."""
-        return torch.sigmoid(recons) if self.kind == "bernoulli" else recons
+        ``beta`` weighs the KL term (β-VAE, KL warm-up); a model without one ignores it.
+        """
+        raise NotImplementedError
+
+    @property
+    def can_sample(self) -> bool:
+        """Whether :meth:`sample` can draw from a prior."""
+        return False
+
+    def sample(
+        self,
+        num_samples: int,
+        current_device: Any = None,
+        *,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """Draw ``num_samples`` examples from the model (``generator``: a CPU generator); without a
+        prior, raise :class:`~vaekit.errors.NoPriorError` with :attr:`no_prior_message`."""
+        raise NoPriorError(self.no_prior_message)
+
+    # -- saving and loading ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` (registry name and constructor arguments) and ``model.safetensors``."""
+        header = {"name": self.registry_name, "config": self.config}
+        checkpoint.save_model_files(directory, header, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls: type[ModelT], directory: str | os.PathLike, map_location: Any = "cpu") -> ModelT:
+        """Rebuild the model as ``cls(**config)`` and load its weights strictly; unpickles nothing.
+
+        Also reads the ``config.json`` of vaekit 0.1, which named the class instead of the registry key.
+        """
+        header = checkpoint.load_model_header(directory)
+        if header.get("name", header.get("class")) not in (cls.registry_name, cls.__name__):
+            found = header.get("name", header.get("class"))
+            raise VaekitError(f"{directory} holds a {found} model, not a {cls.registry_name}")
+        model = cls(**header["config"])
+        model.load_state_dict(checkpoint.load_weights(directory, map_location))
+        return model.to(map_location)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
 
-class VAE(Pretrained, nn.Module):
-    """Base class of the Gaussian-latent VAEs: subclasses define ``encode``, ``decode``, ``input_shape``.
+class AutoEncoder(Model):
+    """A model of images with an encoder and a decoder: the part of the contract the pictures,
+    ``vaekit encode`` and the reconstruction metrics use."""
 
-    ``self.config`` holds the constructor's arguments (JSON-serialisable); it is what
-    ``save_pretrained`` writes and ``from_pretrained`` rebuilds the model from.
-    """
+    input_shape: tuple[int, ...]  # (C, H, W) of one input
+    likelihood: nn.Module  # a DecoderLikelihood: .kind, .log_prob(x, recons), .mean(recons)
+    #: "gaussian" (μ and log σ² per example) or "discrete" (a map of code indices): which latent
+    #: statistics apply (:mod:`vaekit.evaluate`).
+    latent_type: ClassVar[str]
+    #: True when :meth:`log_px` estimates log p(x) (and :meth:`elbo` bounds it).
+    estimates_log_px: ClassVar[bool] = False
 
-    latent_dim: int
-    input_shape: tuple[int, ...]
-    likelihood: DecoderLikelihood
-    config: dict[str, Any]
-
-    # -- to implement ---------------------------------------------------------------------------
     def encode(self, input: Tensor) -> list[Tensor]:
         raise NotImplementedError
 
     def decode(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
-    # -- the seed's interface --------------------------------------------------------------------
-    def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
-        """z = μ + σ ⊙ ε, ε ~ N(0, I): ``[B, D] -> [B, D]``."""
-        return reparameterize(mu, logvar)
+    def latent(self, x: Tensor) -> Tensor:
+        """The deterministic latent of x, where interpolation happens: ``encode(x)[0]``."""
+        return self.encode(x)[0]
 
-    def forward(self, input: Tensor, **kwargs: Any) -> VAEOutput:
-        mu, log_var = self.encode(input)
-        z = self.reparameterize(mu, log_var)
-        return VAEOutput(self.decode(z), input, mu, log_var)
-
-    def loss_function(
-        self, *args: Tensor, M_N: float | None = None, beta: float = 1.0, **kwargs: Any
-    ) -> dict:
-        """The training objective from ``forward``'s outputs.
-
-        Without ``M_N``: ``loss = mean_b[−log p(x_b|z_b) + β·KL_b]``, the negative (β-)ELBO in nats
-        per example; ``'Reconstruction_Loss'`` is the mean −log p(x|z), ``'KLD'`` the mean KL ≥ 0,
-        ``'ELBO'`` the mean ELBO (β = 1), all in nats per example. The KL is
-        :meth:`kl_divergence`'s: exact under N(0, I), an unbiased one-sample estimate under a
-        VampPrior.
-
-        With ``M_N`` (the seed's keyword): the seed's objective, exactly —
-        ``mse_loss(mean(recons), input) + M_N · mean_b KL_b`` with a *pixel-mean* MSE, which is
-        not a likelihood and makes M_N compensate for the image size. Kept for compatibility.
-        """
-        unknown = set(kwargs) - _SEED_LOSS_KWARGS
-        if unknown:
-            raise TypeError(f"loss_function got unexpected keyword arguments {sorted(unknown)}")
-        recons, input, mu, log_var = args[:4]
-        kl = self.kl_divergence(mu, log_var)  # [B]
-        if M_N is not None:
-            recons_loss = F.mse_loss(self.likelihood.mean(recons), input)
-            kld = kl.mean()
-            loss = recons_loss + M_N * kld
-            return {"loss": loss, "Reconstruction_Loss": recons_loss.detach(), "KLD": kld.detach()}
-        log_px_z = self.likelihood.log_prob(input, recons)  # [B]
-        loss = (beta * kl - log_px_z).mean()
-        return {
-            "loss": loss,
-            "Reconstruction_Loss": -log_px_z.mean().detach(),
-            "KLD": kl.mean().detach(),
-            "ELBO": (log_px_z - kl).mean().detach(),
-        }
-
-    def sample(self, num_samples: int, current_device: Any = None, **kwargs: Any) -> Tensor:
-        """Decode z ~ p(z) (N(0, I), or the VampPrior) to images (the decoder's mean)."""
-        z = self.sample_latent(num_samples)
-        if current_device is not None:
-            z = z.to(current_device)
+    def decode_latent(self, z: Tensor) -> Tensor:
+        """Images (the decoder's mean) from points of :meth:`latent`'s space."""
         return self.likelihood.mean(self.decode(z))
 
+    def encode_latents(self, x: Tensor) -> dict[str, Tensor]:
+        """The latents ``vaekit encode`` writes, by name."""
+        raise NotImplementedError
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The deterministic reconstruction of x, as an image."""
+        return self.decode_latent(self.latent(x))
+
     def generate(self, x: Tensor, **kwargs: Any) -> Tensor:
-        """A stochastic reconstruction of x (z ~ q(z|x)), as an image."""
+        """PyTorch-VAE's reconstruction: ``forward``'s decoder output, as an image."""
+        warn_ignored(self, "generate", kwargs, silently=LABELS)
         return self.likelihood.mean(self.forward(x)[0])
 
-    # -- beyond the seed -------------------------------------------------------------------------
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """The deterministic reconstruction, decoded from the posterior mean μ(x)."""
-        mu, _ = self.encode(x)
-        return self.likelihood.mean(self.decode(mu))
+    def extra_pictures(self, num: int) -> dict[str, Tensor]:
+        """Pictures of the model itself beside samples and reconstructions, e.g. a VampPrior's
+        pseudo-inputs: ``{name: [N, C, H, W]}`` in the data's range. None by default."""
+        return {}
+
+    def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
+        """An estimate of log p(x) per example and its standard error (if :attr:`estimates_log_px`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not estimate log p(x)")
 
     def elbo(self, x: Tensor, num_samples: int = 1, beta: float = 1.0) -> Tensor:
-        """Per-example ELBO in nats, ``[B]``, with the reconstruction term averaged over
-        ``num_samples`` draws z⁽ˡ⁾ ~ q(z|x) (AEVB eq. 10)."""
-        mu, log_var = self.encode(x)
-        log_px_z = self._log_px_given_z(x, reparameterize(mu, log_var, num_samples))  # [L, B]
-        return elbo(log_px_z, self.kl_divergence(mu, log_var), beta)
-
-    @torch.no_grad()
-    def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
-        """Importance-sampled log p(x) per example and its standard error, q(z|x) as proposal.
-
-        x is encoded once; the k samples are drawn in chunks (:func:`vaekit.losses.estimate_log_px`).
-        An estimate, not an objective: no graph is kept, so memory stays bounded by ``chunk_size``
-        whatever k is (train on :func:`vaekit.losses.iwae_bound` instead). Put the model in
-        ``eval()`` first if it has BatchNorm.
-        """
-        mu, log_var = self.encode(x)
-        components = self.prior_components()  # the VampPrior's mixture, encoded once for all k
-
-        def log_weights(n: int) -> Tensor:  # [n, B]
-            z = reparameterize(mu, log_var, n)  # [n, B, D]
-            log_q = diagonal_gaussian_log_prob(z, mu, log_var)
-            return self._log_px_given_z(x, z) + self.prior_log_prob(z, components) - log_q
-
-        return estimate_log_px(log_weights, num_samples, chunk_size)
-
-    # -- the prior ---------------------------------------------------------------------------------
-    def _init_prior(self, prior: str, num_pseudo_inputs: int) -> None:
-        """Set up p(z): ``"standard"`` N(0, I), or ``"vamp"`` with ``num_pseudo_inputs`` learned
-        pseudo-inputs in the data's range (call after ``self.likelihood`` and ``self.input_shape``)."""
-        if prior not in PRIORS:
-            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
-        if prior == "vamp":
-            data_range = (0.0, 1.0) if self.likelihood.kind == "bernoulli" else (-1.0, 1.0)
-            self.prior = VampPrior(num_pseudo_inputs, self.input_shape, data_range)
-
-    @property
-    def vamp_prior(self) -> VampPrior | None:
-        """The VampPrior's pseudo-inputs, or None for the standard normal prior."""
-        return self._modules.get("prior")  # type: ignore[return-value]
-
-    def prior_components(self) -> tuple[Tensor, Tensor] | None:
-        """The VampPrior's mixture components ``(μ_k, log σ_k²)``, each ``[K, D]``: the encoder at the
-        pseudo-inputs. None for the standard normal prior."""
-        if self.vamp_prior is None:
-            return None
-        mus, log_vars = self.encode(self.vamp_prior.inputs())
-        return mus, log_vars
-
-    def prior_log_prob(self, z: Tensor, components: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """log p(z), summed over the last dimension: ``[..., D] -> [...]``. ``components`` (from
-        :meth:`prior_components`) saves encoding the pseudo-inputs again."""
-        if self.vamp_prior is None:
-            return standard_normal_log_prob(z)
-        mus, log_vars = components if components is not None else self.prior_components()
-        return gaussian_mixture_log_prob(z, mus, log_vars)
-
-    def kl_divergence(self, mu: Tensor, log_var: Tensor) -> Tensor:
-        """KL(q(z|x) ‖ p(z)) per example, ``[B, D] -> [B]``: the closed form under N(0, I); under
-        the VampPrior an unbiased one-sample estimate (:func:`vaekit.losses.monte_carlo_kl`)."""
-        if self.vamp_prior is None:
-            return gaussian_kl(mu, log_var)
-        z = reparameterize(mu, log_var)  # [B, D]
-        return monte_carlo_kl(log_var, self.prior_log_prob(z))
-
-    def sample_latent(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """z ~ p(z), ``[num_samples, D]`` on the model's device; ``generator`` is a CPU generator."""
-        device = self._device()
-        components = self.prior_components()
-        if components is None:
-            return torch.randn(num_samples, self.latent_dim, generator=generator).to(device)
-        return sample_mixture(*components, num_samples, generator=generator)
-
-    def _log_px_given_z(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x|z) for z ``[S, B, D]`` -> ``[S, B]``, decoding all S·B codes in one batch."""
-        num_samples, batch = z.shape[:2]
-        recons = self.decode(z.reshape(num_samples * batch, -1))  # [S·B, ...]
-        recons = recons.view(num_samples, batch, *recons.shape[1:])  # [S, B, ...]
-        return self.likelihood.log_prob(x, recons)  # x broadcast over S, not copied: [S, B]
-
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
+        """The evidence lower bound per example, in nats (if :attr:`estimates_log_px`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no ELBO")

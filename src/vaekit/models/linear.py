@@ -7,26 +7,26 @@ Generative model (Tipping & Bishop 1999): z ~ N(0, I_d), x | z ~ N(Wz + b, σ² 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from vaekit.models.base import VAE, DecoderLikelihood, check_input
+from vaekit.models.base import capture_config, check_input
+from vaekit.models.gaussian import GaussianLatentVAE
+from vaekit.models.likelihood import DecoderLikelihood
 
 
-class LinearGaussianVAE(VAE):
+class LinearGaussianVAE(GaussianLatentVAE):
     """pPCA as a VAE: linear decoder with fixed σ, linear encoder μ = Ax + c, input-free log σ².
 
     Inputs are vectors ``[B, data_dim]``. The posterior is diagonal — so q can equal it — when the
     columns of W are orthogonal; :meth:`set_true_posterior` then makes the ELBO equal log p(x).
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, sigma: float = 1.0, **kwargs: Any) -> None:
+    registry_name = "linear_gaussian_vae"
+
+    @capture_config
+    def __init__(self, data_dim: int, latent_dim: int, sigma: float = 1.0) -> None:
         super().__init__()
-        if kwargs:
-            raise TypeError(f"LinearGaussianVAE got unexpected keyword arguments {sorted(kwargs)}")
-        self.config = {"data_dim": data_dim, "latent_dim": latent_dim, "sigma": sigma}
         self.latent_dim = latent_dim
         self.input_shape = (data_dim,)
         self.decoder = nn.Linear(latent_dim, data_dim)  # weight W [D, d], bias b [D]

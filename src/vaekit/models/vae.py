@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vaekit.models.base import VAE, DecoderLikelihood, check_input, image_shape
+from vaekit.models.base import capture_config, check_input, image_shape
+from vaekit.models.gaussian import GaussianLatentVAE
+from vaekit.models.likelihood import DecoderLikelihood
 from vaekit.nn import activation as make_activation
-from vaekit.nn import check_min_size, halving_sizes, mlp, transpose_output_padding
-
-
-def _reject_unknown(model_name: str, kwargs: dict[str, Any]) -> None:
-    """PyTorch-VAE passes its config's ``name`` key to every model; anything else is a mistake."""
-    unknown = sorted(set(kwargs) - {"name"})
-    if unknown:
-        raise TypeError(f"{model_name} got unexpected keyword arguments {unknown}")
+from vaekit.nn import check_min_size, halving_sizes, mlp, upsampling_conv
 
 
 def _min_size_for(num_layers: int) -> int:
@@ -28,7 +22,7 @@ def _min_size_for(num_layers: int) -> int:
     return size
 
 
-class VanillaVAE(VAE):
+class VanillaVAE(GaussianLatentVAE):
     """The seed's convolutional VAE (PyTorch-VAE ``VanillaVAE``), for any channels and image size.
 
     Encoder: per hidden dim a 3×3 stride-2 conv, BatchNorm and LeakyReLU; ``fc_mu``/``fc_var`` on
@@ -38,6 +32,9 @@ class VanillaVAE(VAE):
     logits (data in [0, 1]). ``VanillaVAE(3, 128)`` is the seed's model: 64×64, 3,937,635 weights.
     """
 
+    registry_name = "vanilla_vae"
+
+    @capture_config
     def __init__(
         self,
         in_channels: int,
@@ -47,10 +44,8 @@ class VanillaVAE(VAE):
         likelihood: str = "gaussian",
         sigma: float = 0.1,
         learn_sigma: bool = False,
-        **kwargs: Any,
     ) -> None:
         super().__init__()
-        _reject_unknown(type(self).__name__, kwargs)
         hidden_dims = list(hidden_dims) if hidden_dims is not None else [32, 64, 128, 256, 512]
         if not hidden_dims:
             raise ValueError("hidden_dims needs at least one entry")
@@ -59,15 +54,6 @@ class VanillaVAE(VAE):
         check_min_size(
             type(self).__name__, height, width, _min_size_for(num_layers), f"{num_layers} stride-2 layers"
         )
-        self.config = {
-            "in_channels": channels,
-            "latent_dim": latent_dim,
-            "hidden_dims": hidden_dims,
-            "image_size": [height, width],
-            "likelihood": likelihood,
-            "sigma": sigma,
-            "learn_sigma": learn_sigma,
-        }
         self.latent_dim = latent_dim
         self.input_shape = (channels, height, width)
         heights = halving_sizes(height, num_layers, ceil=True)  # [H, H/2, …, h_L]
@@ -89,13 +75,9 @@ class VanillaVAE(VAE):
         self.fc_mu = nn.Linear(flat, latent_dim)
         self.fc_var = nn.Linear(flat, latent_dim)
 
-        def up(c_from: int, c_to: int, level: int) -> nn.ConvTranspose2d:
-            # level i+1 -> level i of the encoder's size ladder
-            pad = tuple(
-                transpose_output_padding(sizes[level], sizes[level + 1], kernel=3, padding=1)
-                for sizes in (heights, widths)
-            )
-            return nn.ConvTranspose2d(c_from, c_to, 3, stride=2, padding=1, output_padding=pad)
+        def up(c_from: int, c_to: int, level: int) -> nn.ConvTranspose2d:  # level+1 -> level
+            target, source = (heights[level], widths[level]), (heights[level + 1], widths[level + 1])
+            return upsampling_conv(c_from, c_to, 3, target, source)
 
         self.decoder_input = nn.Linear(latent_dim, flat)
         reversed_dims = hidden_dims[::-1]  # the seed reverses its argument in place; we copy
@@ -132,7 +114,7 @@ class VanillaVAE(VAE):
         return self.final_layer(self.decoder(result))
 
 
-class ConvVAE(VAE):
+class ConvVAE(GaussianLatentVAE):
     """A light convolutional VAE for likelihood work: 4×4 stride-2 convs and a fully connected neck.
 
     Encoder: per entry of ``hidden_dims`` (channels, as in ``VanillaVAE``) a 4×4 stride-2 conv and
@@ -147,6 +129,9 @@ class ConvVAE(VAE):
     (docs/benchmarks.md); ``VanillaVAE`` is the seed's heavier design.
     """
 
+    registry_name = "conv_vae"
+
+    @capture_config
     def __init__(
         self,
         in_channels: int = 1,
@@ -160,29 +145,14 @@ class ConvVAE(VAE):
         learn_sigma: bool = False,
         prior: str = "standard",
         num_pseudo_inputs: int = 500,
-        **kwargs: Any,
     ) -> None:
         super().__init__()
-        _reject_unknown(type(self).__name__, kwargs)
         channels = list(hidden_dims)
         if not channels:
             raise ValueError("hidden_dims needs at least one entry")
         in_channels, height, width = image_shape(in_channels, image_size)
         num_layers = len(channels)
         check_min_size(type(self).__name__, height, width, 2**num_layers, f"{num_layers} stride-2 layers")
-        self.config = {
-            "in_channels": in_channels,
-            "latent_dim": latent_dim,
-            "hidden_dims": channels,
-            "fc_dim": fc_dim,
-            "image_size": [height, width],
-            "likelihood": likelihood,
-            "activation": activation,
-            "sigma": sigma,
-            "learn_sigma": learn_sigma,
-            "prior": prior,
-            "num_pseudo_inputs": num_pseudo_inputs,
-        }
         self.latent_dim = latent_dim
         self.input_shape = (in_channels, height, width)
         heights = halving_sizes(height, num_layers, ceil=False)  # [H, H/2, …, h_L]
@@ -202,12 +172,8 @@ class ConvVAE(VAE):
         layers = []
         ladder = [in_channels, *channels]  # channels at encoder level 0 (the image), 1, …, L
         for level in range(num_layers - 1, -1, -1):  # level+1 -> level
-            pad = tuple(
-                transpose_output_padding(sizes[level], sizes[level + 1], kernel=4, padding=1)
-                for sizes in (heights, widths)
-            )
-            c_from, c_to = ladder[level + 1], ladder[level]
-            layers.append(nn.ConvTranspose2d(c_from, c_to, 4, stride=2, padding=1, output_padding=pad))
+            target, source = (heights[level], widths[level]), (heights[level + 1], widths[level + 1])
+            layers.append(upsampling_conv(ladder[level + 1], ladder[level], 4, target, source))
             if level > 0:
                 layers.append(make_activation(activation))
         layers.append(nn.Tanh() if likelihood == "gaussian" else nn.Identity())
@@ -227,7 +193,7 @@ class ConvVAE(VAE):
         return self.decoder(result)
 
 
-class MLPVAE(VAE):
+class MLPVAE(GaussianLatentVAE):
     """The fully connected VAE of the AEVB paper (Kingma & Welling 2013, §5 and appendix C).
 
     Images ``[B, C, H, W]`` are flattened; the encoder MLP gives μ and log σ², the decoder MLP gives
@@ -236,6 +202,9 @@ class MLPVAE(VAE):
     of Tomczak & Welling (2018) (:mod:`vaekit.priors`).
     """
 
+    registry_name = "mlp_vae"
+
+    @capture_config
     def __init__(
         self,
         in_channels: int = 1,
@@ -248,24 +217,10 @@ class MLPVAE(VAE):
         learn_sigma: bool = False,
         prior: str = "standard",
         num_pseudo_inputs: int = 500,
-        **kwargs: Any,
     ) -> None:
         super().__init__()
-        _reject_unknown(type(self).__name__, kwargs)
         channels, height, width = image_shape(in_channels, image_size)
         hidden_dims = list(hidden_dims)
-        self.config = {
-            "in_channels": channels,
-            "latent_dim": latent_dim,
-            "hidden_dims": hidden_dims,
-            "image_size": [height, width],
-            "likelihood": likelihood,
-            "activation": activation,
-            "sigma": sigma,
-            "learn_sigma": learn_sigma,
-            "prior": prior,
-            "num_pseudo_inputs": num_pseudo_inputs,
-        }
         self.latent_dim = latent_dim
         self.input_shape = (channels, height, width)
         num_pixels = channels * height * width

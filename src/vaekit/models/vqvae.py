@@ -2,49 +2,75 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaekit.checkpoint import Pretrained
-from vaekit.models.base import LIKELIHOODS, DecoderLikelihood, check_input, image_shape
-from vaekit.nn import ResidualLayer, check_min_size, halving_sizes, transpose_output_padding
-from vaekit.quantize import VectorQuantizer
+from vaekit.models.base import (
+    LABELS,
+    PYTORCH_VAE_LOSS_KEYWORDS,
+    AutoEncoder,
+    capture_config,
+    check_input,
+    image_shape,
+    warn_ignored,
+)
+from vaekit.models.likelihood import DecoderLikelihood
+from vaekit.models.pytorch_vae import convert_vqvae_state_dict, vqvae_kwargs_from_state_dict
+from vaekit.nn import ResidualLayer, check_min_size, halving_sizes, upsampling_conv
+from vaekit.outputs import NamedOutput
+from vaekit.quantize import VectorQuantizer, perplexity
 
 
-class VQVAEOutput(tuple):
-    """Unpacks as PyTorch-VAE's ``recons, input, vq_loss``; ``.indices`` ``[B, h, w]`` and
-    ``.perplexity`` of the batch's codes by name."""
+class VQVAEOutput(NamedOutput):
+    """What ``VQVAE.forward`` returns. Its first three elements are PyTorch-VAE's ``recons, input,
+    vq_loss``; the rest are what ``loss_function`` needs for the objective in nats and its statistics,
+    kept in the tuple so that ``model.loss_function(*model(x))`` and DataParallel's gather see them."""
 
-    recons: Tensor
+    recons: Tensor  # decoder output: Gaussian mean or Bernoulli logits, like input
     input: Tensor
-    vq_loss: Tensor
-    indices: Tensor
-    perplexity: Tensor
+    vq_loss: Tensor  # 0-dim: the seed's element mean β·mse(sg[e], z_e) + mse(e, sg[z_e])
+    vq_loss_per_example: Tensor  # [B]: the same terms summed over each latent map
+    indices: Tensor  # [B, h, w] long: the code chosen at every latent position
 
-    def __new__(cls, recons: Tensor, input: Tensor, vq_loss: Tensor, indices: Tensor, perplexity: Tensor):
-        self = super().__new__(cls, (recons, input, vq_loss))
-        self.recons, self.input, self.vq_loss = recons, input, vq_loss
-        self.indices, self.perplexity = indices, perplexity
-        return self
+    @property
+    def perplexity(self) -> Tensor:
+        """exp(entropy) of the batch's code use (0-dim)."""
+        return perplexity(torch.bincount(self.indices.flatten()))
 
 
-class VQVAE(Pretrained, nn.Module):
+class VQVAE(AutoEncoder):
     """Encoder → vector quantizer → decoder, any channels and image size.
 
     Encoder: per hidden dim a 4×4 stride-2 conv + LeakyReLU, a 3×3 conv, ``num_residual_layers``
     residual blocks, a 1×1 conv to ``embedding_dim``. Decoder: the mirror image, ending in Tanh
     (``likelihood="gaussian"``, data in [-1, 1]) or logits (``"bernoulli"``, data in [0, 1]).
     Unlike PyTorch-VAE, no LeakyReLU follows the last 1×1 conv: it would confine the codes to a
-    half-space for no benefit. Weight count is unchanged by that.
+    half-space for no benefit. ``final_encoder_activation=True`` puts it back (it has no weights),
+    which :meth:`from_pytorch_vae` uses to reproduce a PyTorch-VAE model.
 
     Objective (paper eq. 3, per example): ``−log p(x|z_q) + ‖sg[z_e] − e‖² + β‖z_e − sg[e]‖²``,
-    both norms summed over the latent map. ``loss_function(..., M_N=w)`` gives PyTorch-VAE's
-    objective instead (pixel-mean MSE + element-mean VQ loss), kept for compatibility.
+    both norms summed over the latent map (:func:`vaekit.losses.vq_latent_loss`).
+    ``loss_function(..., M_N=w)`` gives PyTorch-VAE's objective instead (pixel-mean MSE +
+    element-mean VQ loss), kept for compatibility.
+
+    Without a prior over its codes a VQ-VAE cannot sample: :meth:`sample` raises
+    :class:`~vaekit.errors.NoPriorError` (also a ``Warning``, which PyTorch-VAE's experiment catches).
     """
 
+    registry_name = "vqvae"
+    latent_type: ClassVar[str] = "discrete"
+    no_prior_message: ClassVar[str] = (
+        "VQVAE has no prior over its codes to sample from: a VQ-VAE samples by decoding code maps "
+        "drawn from a prior fitted to the codes of the training data (e.g. a PixelCNN over "
+        "`vaekit encode` output), which vaekit does not train yet; use reconstruct(), interpolation, "
+        "or decode_indices() with chosen codes"
+    )
+
+    @capture_config
     def __init__(
         self,
         in_channels: int,
@@ -60,35 +86,13 @@ class VQVAE(Pretrained, nn.Module):
         decay: float = 0.99,
         kmeans_init: bool = False,
         restart_dead_codes: bool = False,
-        **kwargs: Any,
+        final_encoder_activation: bool = False,
     ) -> None:
         super().__init__()
-        if "img_size" in kwargs:  # PyTorch-VAE's name for image_size
-            image_size = kwargs.pop("img_size")
-        unknown = sorted(set(kwargs) - {"name"})
-        if unknown:
-            raise TypeError(f"VQVAE got unexpected keyword arguments {unknown}")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         hidden_dims = list(hidden_dims) if hidden_dims is not None else [128, 256]
         channels, height, width = image_shape(in_channels, image_size)
         num_layers = len(hidden_dims)
         check_min_size("VQVAE", height, width, 2**num_layers, f"{num_layers} stride-2 layers")
-        self.config = {
-            "in_channels": channels,
-            "embedding_dim": embedding_dim,
-            "num_embeddings": num_embeddings,
-            "hidden_dims": hidden_dims,
-            "beta": beta,
-            "image_size": [height, width],
-            "num_residual_layers": num_residual_layers,
-            "likelihood": likelihood,
-            "sigma": sigma,
-            "ema": ema,
-            "decay": decay,
-            "kmeans_init": kmeans_init,
-            "restart_dead_codes": restart_dead_codes,
-        }
         self.embedding_dim, self.num_embeddings, self.beta = embedding_dim, num_embeddings, beta
         self.input_shape = (channels, height, width)
         heights = halving_sizes(height, num_layers, ceil=False)  # 4×4, stride 2, padding 1: n -> ⌊n/2⌋
@@ -103,6 +107,8 @@ class VQVAE(Pretrained, nn.Module):
         layers += [nn.Conv2d(c_in, c_in, kernel_size=3, padding=1), nn.LeakyReLU()]
         layers += [ResidualLayer(c_in) for _ in range(num_residual_layers)]
         layers += [nn.LeakyReLU(), nn.Conv2d(c_in, embedding_dim, kernel_size=1)]
+        if final_encoder_activation:  # PyTorch-VAE's layout
+            layers.append(nn.LeakyReLU())
         self.encoder = nn.Sequential(*layers)
 
         self.vq_layer = VectorQuantizer(
@@ -115,12 +121,9 @@ class VQVAE(Pretrained, nn.Module):
             restart_dead_codes=restart_dead_codes,
         )
 
-        def up(c_from: int, c_to: int, level: int) -> nn.ConvTranspose2d:
-            pad = tuple(
-                transpose_output_padding(sizes[level], sizes[level + 1], kernel=4, padding=1)
-                for sizes in (heights, widths)
-            )
-            return nn.ConvTranspose2d(c_from, c_to, 4, stride=2, padding=1, output_padding=pad)
+        def up(c_from: int, c_to: int, level: int) -> nn.ConvTranspose2d:  # level+1 -> level
+            target, source = (heights[level], widths[level]), (heights[level + 1], widths[level + 1])
+            return upsampling_conv(c_from, c_to, 4, target, source)
 
         top = hidden_dims[-1]
         layers = [nn.Conv2d(embedding_dim, top, kernel_size=3, padding=1), nn.LeakyReLU()]
@@ -144,54 +147,90 @@ class VQVAE(Pretrained, nn.Module):
         return self.decoder(z)
 
     def forward(self, input: Tensor, **kwargs: Any) -> VQVAEOutput:
-        encoding = self.encode(input)[0]
-        quantized = self.vq_layer(encoding)
+        warn_ignored(self, "forward", kwargs, silently=LABELS)
+        quantized = self.vq_layer(self.encode(input)[0])
         return VQVAEOutput(
-            self.decode(quantized.quantized), input, quantized.loss, quantized.indices, quantized.perplexity
+            self.decode(quantized.quantized),
+            input,
+            quantized.loss,
+            quantized.loss_per_example,
+            quantized.indices,
         )
 
-    def loss_function(self, *args: Tensor, M_N: float | None = None, **kwargs: Any) -> dict:
-        """``'loss'``, ``'Reconstruction_Loss'`` and ``'VQ_Loss'`` from ``forward``'s outputs.
+    def loss_function(
+        self, *args: Tensor, M_N: float | None = None, beta: float = 1.0, **kwargs: Any
+    ) -> dict[str, Tensor]:
+        """``'loss'``, ``'Reconstruction_Loss'``, ``'VQ_Loss'`` and the batch's code statistics
+        (``'perplexity'``, ``'codebook_usage'``: the fraction of the K codes used) from ``forward``'s
+        outputs, computed in float32.
 
-        Without ``M_N``: nats per example — ``−log p(x|z_q)`` summed over pixels, plus the
-        quantizer's loss summed over the latent map (its element mean × D·h·w). With ``M_N``
-        (passed by PyTorch-VAE's experiment to every model, unused by its VQ-VAE): PyTorch-VAE's
-        ``mse_loss(recons, input) + vq_loss`` with element means.
+        Without ``M_N``: nats per example — ``−log p(x|z_q)`` summed over pixels plus
+        ``vq_loss_per_example``, averaged over the batch. With ``M_N`` (passed by PyTorch-VAE's
+        experiment to every model, unused by its VQ-VAE): PyTorch-VAE's ``mse_loss(recons, input) +
+        vq_loss`` with element means. ``beta`` would weigh a KL term: under a uniform prior over
+        deterministic codes KL(q(z|x) ‖ p(z)) is the constant h·w·log K, left out, so β changes nothing.
         """
-        recons, input, vq_loss = args[:3]
+        warn_ignored(self, "loss_function", kwargs, silently=PYTORCH_VAE_LOSS_KEYWORDS)
+        recons, input, vq_loss = (t.float() for t in args[:3])
         if M_N is not None:
             recons_loss = F.mse_loss(self.likelihood.mean(recons), input)
+        elif len(args) < 5:
+            raise ValueError(
+                "VQVAE.loss_function needs all of forward's outputs for the objective in nats — call "
+                "model.loss_function(*model(x)) — or M_N=… for PyTorch-VAE's element-mean objective"
+            )
         else:
             recons_loss = -self.likelihood.log_prob(input, recons).mean()
-            latent_elements = self.latent_shape[0] * self.latent_shape[1] * self.latent_shape[2]
-            vq_loss = vq_loss * latent_elements
-        return {
+            vq_loss = args[3].float().mean()
+        terms = {
             "loss": recons_loss + vq_loss,
             "Reconstruction_Loss": recons_loss.detach(),
             "VQ_Loss": vq_loss.detach(),
         }
+        if len(args) >= 5:
+            counts = torch.bincount(args[4].flatten(), minlength=self.num_embeddings)  # [K]
+            terms["perplexity"] = perplexity(counts)
+            terms["codebook_usage"] = (counts > 0).float().mean()
+        return terms
+
+    # -- codes -------------------------------------------------------------------------------------
+    def quantize_indices(self, z_e: Tensor) -> Tensor:
+        """The nearest code at every latent position: ``[B, D, h, w] -> [B, h, w]`` (long)."""
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim)  # [B·h·w, D]
+        return self.vq_layer.nearest_codes(flat).view(z_e.shape[0], *z_e.shape[2:])
 
     def encode_indices(self, x: Tensor) -> Tensor:
         """The code index of every latent position: ``[B, C, H, W] -> [B, h, w]`` (long)."""
-        z_e = self.encode(x)[0]  # [B, D, h, w]
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim)  # [B·h·w, D]
-        return self.vq_layer.nearest_codes(flat).view(z_e.shape[0], *z_e.shape[2:])
+        return self.quantize_indices(self.latent(x))
 
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Images from code indices: ``[B, h, w] -> [B, C, H, W]`` (the decoder's mean)."""
         return self.likelihood.mean(self.decode(self.vq_layer.codes_to_latents(indices)))
 
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Quantize and decode x: the deterministic reconstruction, as an image."""
-        return self.decode_indices(self.encode_indices(x))
+    # -- the autoencoder contract ----------------------------------------------------------------
+    def decode_latent(self, z: Tensor) -> Tensor:
+        """Images from encoder outputs z_e ``[B, D, h, w]``, each position replaced by its nearest
+        code first (so every frame of an interpolation is made of real codes)."""
+        return self.decode_indices(self.quantize_indices(z))
 
-    def generate(self, x: Tensor, **kwargs: Any) -> Tensor:
-        """The reconstruction of x (quantization is deterministic), as an image."""
-        return self.likelihood.mean(self.forward(x)[0])
+    def encode_latents(self, x: Tensor) -> dict[str, Tensor]:
+        """The code indices, ``[B, h, w]``."""
+        return {"indices": self.encode_indices(x)}
 
-    def sample(self, num_samples: int, current_device: Any = None, **kwargs: Any) -> Tensor:
-        """Not possible yet: a VQ-VAE samples by drawing code maps from a learned prior."""
-        raise NotImplementedError(
-            "VQVAE.sample needs a prior over code indices (e.g. a PixelCNN fitted to encode_indices "
-            "of the training data), and vaekit has none yet; decode chosen codes with decode_indices()"
-        )
+    # -- PyTorch-VAE ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pytorch_vae(
+        cls, state_dict: Mapping[str, Tensor], image_size: int | Sequence[int] = 64, **kwargs: Any
+    ) -> VQVAE:
+        """The model of a PyTorch-VAE ``VQVAE`` state dict, computing what that model computes.
+
+        The architecture (channels, hidden dims, codebook, residual layers) is read off the state
+        dict; the image size cannot be and defaults to PyTorch-VAE's 64. The encoder keeps
+        PyTorch-VAE's final LeakyReLU (``final_encoder_activation=True``). ``kwargs`` override
+        constructor arguments (e.g. ``beta``).
+        """
+        params = vqvae_kwargs_from_state_dict(state_dict)
+        params.update(image_size=image_size, final_encoder_activation=True, **kwargs)
+        model = cls(**params)
+        model.load_state_dict(convert_vqvae_state_dict(state_dict))
+        return model

@@ -6,7 +6,6 @@ and ``exp_params`` of PyTorch-VAE's configs/vae.yaml and configs/vq_vae.yaml (ma
 """
 
 import copy
-import inspect
 import pickle
 import warnings
 
@@ -81,13 +80,9 @@ def celeba_batch(batch_size, size):
 
 
 def vaekit_vqvae_for(state_dict, image_size):
-    """vaekit's VQVAE shaped like PyTorch-VAE's, before ``from_pytorch_vae`` exists."""
+    """vaekit's VQVAE shaped like PyTorch-VAE's (what ``from_pytorch_vae`` builds, step by step)."""
     kwargs = vqvae_kwargs_from_state_dict(state_dict)
-    if "final_encoder_activation" in inspect.signature(VQVAE).parameters:
-        return VQVAE(**kwargs, image_size=image_size, final_encoder_activation=True)
-    model = VQVAE(**kwargs, image_size=image_size)
-    model.encoder.append(nn.LeakyReLU())  # PyTorch-VAE's LeakyReLU after the 1×1 conv; no weights
-    return model
+    return VQVAE(**kwargs, image_size=image_size, final_encoder_activation=True)
 
 
 # --- the reference itself ---------------------------------------------------------------------------

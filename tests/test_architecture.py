@@ -10,7 +10,18 @@ SRC = Path(__file__).parents[1] / "src" / "vaekit"
 #: docs/architecture.md's table, bottom up; a module's layer is that of its top-level name.
 LAYERS = [
     {"errors"},
-    {"losses", "outputs", "nn", "priors", "metrics", "checkpoint", "report", "metrics_log", "distributed"},
+    {
+        "losses",
+        "outputs",
+        "nn",
+        "priors",
+        "metrics",
+        "checkpoint",
+        "report",
+        "metrics_log",
+        "distributed",
+        "locks",
+    },
     {"quantize", "data"},
     {"models"},
     {"config", "visualize"},

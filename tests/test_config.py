@@ -35,6 +35,7 @@ CONFIG_FILES = sorted(CONFIG_DIR.glob("*.yaml"))
 MNIST_LIKE = (1, 28)
 NATIVE_SHAPE = {"mnist5k": MNIST_LIKE, "mnist": MNIST_LIKE, "fashion-mnist": MNIST_LIKE, "cifar10": (3, 32)}
 NATIVE_SHAPE["folder"] = (3, 64)
+NATIVE_SHAPE["codes"] = (1, 7)  # the 7×7 code maps of a Fashion-MNIST VQ-VAE
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -376,7 +377,8 @@ def test_config_sections_validate_when_built_directly():
 
 def test_the_expected_configs_ship():
     names = {p.name for p in CONFIG_FILES}
-    for dataset, models in [("fashion_mnist", ("vae", "mlp_vae", "vqvae")), ("cifar10", ("vae", "vqvae"))]:
+    fashion = ("vae", "mlp_vae", "vqvae", "pixelcnn_prior")
+    for dataset, models in [("fashion_mnist", fashion), ("cifar10", ("vae", "vqvae"))]:
         assert {f"{dataset}_{model}.yaml" for model in models} <= names
     assert {"default.yaml", "celeba64_vae.yaml"} <= names
 
@@ -394,6 +396,12 @@ def test_every_config_file_is_complete_and_builds_its_model(path):
     channels = cfg.data.channels or native_channels
     size = cfg.data.image_size or native_size
     model = MODELS[cfg.model.name](in_channels=channels, image_size=size, **cfg.model.params)
+    if cfg.data.name == "codes":  # a prior over code maps: K logits per position
+        num_codes = cfg.model.params["num_embeddings"]
+        x, expected = torch.randint(num_codes, (2, channels, size, size)), (2, num_codes, size, size)
+    else:
+        x, expected = torch.rand(2, channels, size, size), (2, channels, size, size)
+    labels = torch.arange(2) if model.num_classes else None
     with torch.no_grad():
-        out = model.eval()(torch.rand(2, channels, size, size))
-    assert out[0].shape == (2, channels, size, size)
+        out = model.eval()(x, labels=labels)
+    assert out[0].shape == expected

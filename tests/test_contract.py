@@ -27,6 +27,7 @@ SMALL = {
     "mlp_vae": {"latent_dim": 3, "hidden_dims": [8], "prior": "vamp", "num_pseudo_inputs": 5},
     "vqvae": {"embedding_dim": 4, "num_embeddings": 8, "hidden_dims": [4, 8], "num_residual_layers": 1},
     "linear_gaussian_vae": {"data_dim": 6, "latent_dim": 2},
+    "pixelcnn_prior": {"num_embeddings": 6, "hidden_channels": 8, "num_layers": 3, "num_classes": 3},
 }
 
 
@@ -38,8 +39,14 @@ def _model_and_input(name):
     torch.manual_seed(0)
     if name == "linear_gaussian_vae":
         return MODELS[name](**SMALL[name]), torch.randn(5, 6)
+    if name == "pixelcnn_prior":  # a prior over 4×5 maps of code indices
+        return MODELS[name](image_size=(4, 5), **SMALL[name]), torch.randint(6, (5, 1, 4, 5))
     model = build_model(name, SMALL[name], SHAPE)
     return model, torch.rand(5, *SHAPE)
+
+
+def _labels(model, n):
+    return torch.arange(n) % model.num_classes if model.num_classes else None
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -48,7 +55,7 @@ def test_forward_and_loss_function(name):
     assert isinstance(model, Model) and type(model).registry_name == name
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # labels= is PyTorch-VAE's keyword: accepted without a word
-        out = model(x, labels=None)
+        out = model(x, labels=_labels(model, len(x)))
     assert isinstance(out, NamedOutput) and len(out._fields) == len(out)
     terms = model.loss_function(*out)
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in terms.values())
@@ -73,7 +80,7 @@ def test_forward_and_loss_function(name):
 def test_outputs_survive_copy_pickle_and_rebuilding_from_an_iterable(name):
     model, x = _model_and_input(name)
     with torch.no_grad():
-        out = model(x)
+        out = model(x, labels=_labels(model, len(x)))
     for other in (
         copy.deepcopy(out),
         pickle.loads(pickle.dumps(out)),
@@ -92,7 +99,8 @@ def test_sampling_works_or_says_why_not(name):
     if model.can_sample:
         samples = model.sample(3, "cpu", generator=torch.Generator().manual_seed(0))
         again = model.sample(3, "cpu", generator=torch.Generator().manual_seed(0))
-        assert samples.shape == (3, *x.shape[1:]) and torch.equal(samples, again)
+        assert samples.reshape(3, *x.shape[1:]).shape == (3, *x.shape[1:]) and torch.equal(samples, again)
+        assert samples.dtype == x.dtype  # images for an image model, codes for a prior over codes
     else:
         with pytest.raises(NoPriorError, match="prior") as info:
             model.sample(3, "cpu")
@@ -137,7 +145,7 @@ def test_the_autoencoder_contract(name):
 
 # --- callers never ask which family a model is ------------------------------------------------------
 
-MODEL_CLASS_NAMES = {cls.__name__ for cls in MODELS.values()} | {"GaussianLatentVAE", "VQVAE", "VAE"}
+MODEL_CLASS_NAMES = {cls.__name__ for cls in MODELS.values()} | {"GaussianLatentVAE", "AutoEncoder", "VAE"}
 CALLERS = [
     "train.py",
     "evaluate.py",
@@ -184,3 +192,7 @@ def test_a_run_stopped_by_vaekit_0_1_resumes_to_the_same_weights(tmp_path, cli):
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     assert json.loads((run / "checkpoints" / "last" / "config.json").read_text())["name"] == "mlp_vae"
+    # the old metrics.csv keeps its columns: every appended row lines up with its header
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0] == (FIXTURES / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert len(rows) > 4 and all(row.count(",") == rows[0].count(",") for row in rows)

@@ -644,13 +644,17 @@ def test_folder_errors(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "ok.png")
     (tmp_path / "imgs" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     data = D.load_dataset("folder", path=tmp_path / "imgs", image_size=8)
-    with pytest.raises(DataError, match=r"cannot decode image .*bad\.png"):
-        data.dataset[0]  # sorted: bad.png first
-    # through worker processes the error stays one line naming the file
+    # an undecodable file is skipped, the next one taking its place (docs/robustness.md)
+    assert torch.equal(data.dataset[0], data.dataset[1])  # sorted: bad.png first, then ok.png
+    (tmp_path / "imgs" / "ok.png").write_bytes(b"")  # now none can be decoded
+    data = D.load_dataset("folder", path=tmp_path / "imgs", image_size=8)
+    with pytest.raises(DataError, match=r"none of the 2 image file\(s\)"):
+        data.dataset[0]
+    # through worker processes the error stays one line
     loader = D.make_loader(data, 2, "bernoulli", shuffle=False, drop_last=False, seed=0, num_workers=1)
     with pytest.raises(DataError) as err:
         list(loader)
-    assert "bad.png" in str(err.value) and "\n" not in str(err.value)
+    assert "none of the 2 image file(s)" in str(err.value) and "\n" not in str(err.value)
 
 
 def _gray_levels(tmp_path: Path, n: int) -> Path:
@@ -725,10 +729,15 @@ def test_value_ranges_and_inverse():
         torch.testing.assert_close(D.to_unit_range(y, lik), b)
         assert torch.equal(D.to_uint8(y, lik), x)
     assert float(D.to_unit_range(torch.tensor([3.0]), "gaussian")) == 1.0  # clamped for display
-    with pytest.raises(DataError, match="unknown likelihood"):
+    with pytest.raises(DataError, match="unknown input kind"):
         D.to_model_range(x, "poisson")
     with pytest.raises(DataError, match="bernoulli"):
         D.to_model_range(x, "gaussian", binarize=True)
+    maps = torch.randint(512, (3, 1, 7, 7))  # code indices pass through, as int64
+    assert torch.equal(D.to_model_range(maps.short(), "codes"), maps)
+    assert D.to_model_range(maps, "codes").dtype == torch.int64
+    with pytest.raises(DataError, match="binarize"):
+        D.to_model_range(maps, "codes", binarize=True)
 
 
 def test_data_range_is_where_pixels_0_and_255_go():
@@ -850,7 +859,7 @@ def test_unknown_names_and_splits():
 
 
 def test_every_source_carries_its_own_functions():
-    assert D.DATA_SOURCES == ("mnist5k", "mnist", "fashion-mnist", "cifar10", "folder")
+    assert D.DATA_SOURCES == ("mnist5k", "mnist", "fashion-mnist", "cifar10", "folder", "codes")
     assert D.DOWNLOADABLE == ("mnist", "fashion-mnist", "cifar10")  # derived from the entries
     for name, src in D.SOURCES.items():
         assert src.name == name and D.get_source(name) is src
@@ -905,7 +914,7 @@ def test_in_memory_resize_and_channels():
 
 def test_describe_sources(isolated):
     status = dict(D.describe_sources())
-    assert list(status) == ["mnist5k", "mnist", "fashion-mnist", "cifar10", "folder"]
+    assert list(status) == ["mnist5k", "mnist", "fashion-mnist", "cifar10", "folder", "codes"]
     assert list(status) == list(D.SOURCES) == list(D.DATA_SOURCES)
     assert status["mnist5k"] == (
         f"built in, from {mnist5k.EMBEDDED_DIR} (5,000 images: 4,500 train / 500 test)"

@@ -274,3 +274,16 @@ def test_seed_hidden_dims_argument_is_not_mutated():
     dims = [8, 16, 32]
     VanillaVAE(1, 4, hidden_dims=dims, image_size=28)
     assert dims == [8, 16, 32]  # the seed reverses the caller's list in place
+
+
+def test_sampling_temperature_scales_the_prior():
+    model = MLPVAE(1, 8, hidden_dims=[16], image_size=12)
+    gen = lambda: torch.Generator().manual_seed(0)
+    z = model.sample_latent(20_000, gen())
+    torch.testing.assert_close(model.sample_latent(20_000, gen(), temperature=0.5), 0.5 * z)
+    assert torch.equal(model.sample(4, generator=gen()), model.sample(4, generator=gen(), temperature=1.0))
+    vamp = MLPVAE(1, 8, hidden_dims=[16], image_size=12, prior="vamp", num_pseudo_inputs=1)
+    spread = [vamp.sample_latent(20_000, gen(), temperature=t).detach().std(0).mean() for t in (1.0, 0.25)]
+    assert spread[1] / spread[0] == pytest.approx(0.25, rel=0.05)  # one component: its σ times T
+    with pytest.raises(ValueError, match="temperature"):
+        model.sample(2, temperature=0.0)

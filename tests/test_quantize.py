@@ -163,6 +163,21 @@ def test_dead_codes_are_restarted_from_batch_vectors():
         assert (vq(latents.detach()).usage[1:] > 0).all()
 
 
+def test_a_code_no_vector_picked_for_the_window_is_restarted():
+    vq = _random_vq(4, 2, seed=5, restart_dead_codes=True, dead_code_window=3)
+    with torch.no_grad():  # code 3 far from every vector, codes 0-2 at the data
+        vq.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [50.0, 50.0]]))
+    latents = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).repeat(4, 1).T.reshape(1, 2, 3, 4)
+    for step in (1, 2):
+        vq(latents)
+        assert torch.equal(vq.steps_unused, torch.tensor([0.0, 0.0, 0.0, step]))
+        assert torch.equal(vq.embedding.weight[3], torch.tensor([50.0, 50.0]))  # usage average still ≥ 1e-3
+    vq(latents)  # the third step without a vector: restarted at one of the batch's vectors
+    assert (_flat(latents) == vq.embedding.weight[3]).all(1).any()
+    assert vq.steps_unused[3] == 0 and vq.code_usage_ema[3] == 1
+    assert "steps_unused" in vq.state_dict() and "steps_unused" not in _random_vq(4, 2).state_dict()
+
+
 def test_kmeans_init_finds_cluster_centres():
     torch.manual_seed(3)
     centres = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [5.0, -5.0], [-5.0, -5.0]])
@@ -293,3 +308,43 @@ def test_seed_quantizer_weights_load_strictly_and_give_the_seeds_outputs():
     (our_out.sum() + our_loss).backward()
     torch.testing.assert_close(our_latents.grad, seed_latents.grad)
     torch.testing.assert_close(ours.embedding.weight.grad, seed.embedding.weight.grad)
+
+
+def _train_on_blobs(vq: VectorQuantizer, steps: int = 300, k: int = 16, seed: int = 0) -> tuple[int, bool]:
+    """A short training run of ``vq`` on 8 well-separated Gaussian blobs (at ±10·e_i in 4 dims,
+    σ = 0.5), 256 vectors a batch, the first batch being what an untrained encoder gives (all
+    vectors within 0.01 of the origin, where k-means then puts every code); a plain quantizer learns
+    its codebook by SGD on the seed's codebook loss. Returns how many of the ``k`` codes held-out blob
+    vectors use, and whether every code serves one blob only."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = 10 * torch.cat([torch.eye(4), -torch.eye(4)])  # [8, 4]
+    sgd = None if vq.ema else torch.optim.SGD(vq.parameters(), lr=1.0)
+    for step in range(steps):
+        labels = torch.randint(8, (256,), generator=gen)
+        flat = centres[labels] + 0.5 * torch.randn(256, 4, generator=gen)  # [256, 4]
+        if step == 0:
+            flat = 0.01 * torch.randn(256, 4, generator=gen)
+        out = vq(flat.T.reshape(1, 4, 16, 16))
+        if sgd is not None:
+            sgd.zero_grad()
+            out.loss.backward()
+            sgd.step()
+    labels = torch.arange(8).repeat_interleave(100)  # [800]
+    codes = vq.nearest_codes(centres[labels] + 0.5 * torch.randn(800, 4, generator=gen))  # [800]
+    pure = all(len(set(labels[codes == c].tolist())) <= 1 for c in range(k))
+    return len(set(codes.tolist())), pure
+
+
+def test_short_training_run_on_known_clusters_uses_every_code():
+    k = 16  # two codes for each of the 8 blobs
+    torch.manual_seed(0)
+    healthy = VectorQuantizer(k, 4, ema=True, kmeans_init=True, restart_dead_codes=True)
+    assert _train_on_blobs(healthy) == (k, True)  # all codes in use, none shared by two blobs
+    torch.manual_seed(0)
+    plain = VectorQuantizer(k, 4)  # the seed's quantizer: codebook U(-1/K, 1/K), gradient updates
+    used, _ = _train_on_blobs(plain)
+    assert used <= 8  # half the codebook or more is dead
+    torch.manual_seed(0)  # a restart that waits for the usage average to fall below 1e-3 (688 steps)
+    slow = VectorQuantizer(k, 4, ema=True, kmeans_init=True, restart_dead_codes=True, dead_code_window=None)
+    used, _ = _train_on_blobs(slow)
+    assert used <= 8

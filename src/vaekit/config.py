@@ -30,6 +30,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from vaekit.checkpoint import atomic_write_bytes
 from vaekit.data import DATA_SOURCES, DOWNLOADABLE, LIKELIHOODS
 from vaekit.errors import ConfigError
 from vaekit.models import MODELS
@@ -221,7 +222,7 @@ class ModelConfig:
 class DataConfig:
     """Which images to train on, and how to read them (see :mod:`vaekit.data`)."""
 
-    name: str = "mnist5k"  # mnist5k | mnist | fashion-mnist | cifar10 | folder
+    name: str = "mnist5k"  # mnist5k | mnist | fashion-mnist | cifar10 | folder | codes
     path: str | None = None  # directory of the files (None: the source's default location)
     image_size: int | None = None  # None: the source's native size
     channels: int | None = None  # None: the source's native channel count (folder: 3)
@@ -236,8 +237,19 @@ class DataConfig:
         _check_fields(self, "data")
         _check_choice(self.name, DATA_SOURCES, "data.name")
         _check_bounds(self, "data", {"image_size": 1, "channels": 1, "num_workers": 0})
+        if self.name == "codes":  # a code map has the VQ-VAE's own size and one channel of categories
+            for key, value in (("image_size", self.image_size), ("channels", self.channels)):
+                if value is not None:
+                    raise ConfigError(
+                        f"data.{key}: does not apply to codes (a VQ-VAE's latent grid); set it to null"
+                    )
+            if self.binarize:
+                raise ConfigError("data.binarize: codes are categories, not intensities; set it to false")
         if self.download and self.name not in DOWNLOADABLE:
-            how = "it is built in" if self.name == "mnist5k" else "pass data.path=DIR, a tree of image files"
+            how = {
+                "mnist5k": "it is built in",
+                "codes": "`vaekit train-prior RUN` encodes them",
+            }.get(self.name, "pass data.path=DIR, a tree of image files")
             raise ConfigError(
                 f"data.download works for {', '.join(DOWNLOADABLE[:-1])} and {DOWNLOADABLE[-1]}; "
                 f"{self.name} cannot be downloaded ({how}), so set data.download=false"
@@ -266,6 +278,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 1  # epochs between evaluations on the held-out split
     log_every: int = 50  # steps between metrics.csv rows
+    checkpoint_every_steps: int = 1000  # also write checkpoints/last every N steps; 0: epoch ends only
     early_stopping_patience: int | None = None  # epochs without validation improvement
     num_samples: int = 64  # pictures in samples.png / reconstructions.png
 
@@ -277,6 +290,7 @@ class TrainConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         lower = {"weight_decay": 0, "warmup_steps": 0, "min_lr": 0, "beta": 0, "kl_warmup_steps": 0}
+        lower["checkpoint_every_steps"] = 0
         lower |= dict.fromkeys(("epochs", "batch_size", "eval_every", "log_every", "num_samples"), 1)
         lower["early_stopping_patience"] = 1
         _check_bounds(self, "train", lower, positive=("lr", "grad_clip"))
@@ -440,7 +454,7 @@ def dump_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write :func:`dump_yaml` to ``path`` (parent directories are created)."""
+    """Write :func:`dump_yaml` to ``path`` atomically (parent directories are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_yaml(cfg), encoding="utf-8")
+    atomic_write_bytes(path, dump_yaml(cfg).encode("utf-8"))

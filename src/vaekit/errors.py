@@ -18,6 +18,11 @@ class DataError(VaekitError):
     """A data set that cannot be found or read."""
 
 
+class DivergenceError(VaekitError):
+    """Training went non-finite (a loss term, the gradient or the weights): the message names the
+    step and the likely cause; the last checkpoint is left as it was."""
+
+
 class NoPriorError(VaekitError, Warning):
     """A model asked to sample that has no prior to sample from (a VQ-VAE without a prior over codes).
 

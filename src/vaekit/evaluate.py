@@ -190,18 +190,31 @@ def latent_metrics(
 
 @torch.no_grad()
 def codebook_metrics(model: VQVAE, batches: Iterable[Tensor]) -> dict[str, Any]:
-    """Fraction of the codes used on the split, perplexity of their use, and dead codes."""
+    """Fraction of the codes used on the split, perplexity of their use, and dead codes; with a prior
+    over codes, its mean negative log-likelihood of the split's code maps (nats per map, and bits
+    per code)."""
     model.eval()
     counts = torch.zeros(model.num_embeddings, dtype=torch.long)
+    prior_nll, n = 0.0, 0
     for x in batches:
         indices = model.encode_indices(x.to(next(model.parameters()).device))  # [B, h, w]
         counts += torch.bincount(indices.flatten().cpu(), minlength=model.num_embeddings)
-    return {
+        if model.code_prior is not None:
+            prior_nll -= float(model.prior_log_prob(indices).double().sum())
+            n += len(indices)
+    out: dict[str, Any] = {
         "codebook_usage": metrics.codebook_usage(counts),
         "perplexity": metrics.perplexity(counts),
         "dead_codes": metrics.dead_codes(counts),
         "num_embeddings": model.num_embeddings,
     }
+    if n:
+        positions = model.latent_shape[1] * model.latent_shape[2]
+        out |= {
+            "prior_nll_nats": prior_nll / n,
+            "prior_bits_per_code": prior_nll / n / (positions * math.log(2)),
+        }
+    return out
 
 
 # --- during training: the mean loss terms over a split ---------------------------------------------
@@ -221,7 +234,7 @@ def evaluate_loss(model: Model, data: ImageData, cfg: Any, device: torch.device)
     loader = make_loader(
         data,
         cfg.train.batch_size,
-        model.likelihood.kind,
+        model.input_kind,
         shuffle=False,
         drop_last=False,
         seed=1234,
@@ -232,9 +245,9 @@ def evaluate_loss(model: Model, data: ImageData, cfg: Any, device: torch.device)
     count = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(1234)
-        for x, _ in loader:
-            x = x.to(device)
-            terms = model.loss_function(*model(x), beta=1.0)
+        for x, labels in loader:
+            x, labels = x.to(device), labels.to(device) if labels is not None else None
+            terms = model.loss_function(*model(x, labels=labels), beta=1.0)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * len(x)
             count += len(x)
@@ -324,6 +337,8 @@ def evaluate_model(
     x_recon = x_eval if kind == "bernoulli" and cfg.data.binarize else to_model_range(images, kind)
     if model.estimates_log_px:
         res.update(likelihood_metrics(model, x_eval.split(batch_size), k, seed=seed, progress=progress))
+        if model.log_px_note:
+            res["nll_note"] = model.log_px_note
         res["bits_per_dim"] = to_bits_per_dim(res["nll_nats"], images[0].numel(), conversion)
         res["bits_per_dim_conversion"] = conversion
         res["data_note"] = DATA_NOTES[conversion].format(seed=data_seed)

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from vaekit import metrics
-from vaekit.checkpoint import atomic_write_bytes, save_tensors
+from vaekit.checkpoint import atomic_write_bytes, load_state, read_json, read_tensors, save_tensors
 from vaekit.data import ImageData
 from vaekit.data._util import cache_home
+from vaekit.errors import VaekitError
 from vaekit.visualize import sample_images
 
 #: Part of every fingerprint: change it whenever the architecture or the training recipe changes.
@@ -193,10 +193,23 @@ def load_or_train_classifier(
     weights, record_path = folder / "classifier.safetensors", folder / "classifier.json"
     test_id = {"test_split": test.split, "test_examples": len(test)}
     if record_path.is_file() and weights.is_file():
-        record = json.loads(record_path.read_text())
+        fix = f"delete {folder} and run again to retrain it"
+        try:
+            record = read_json(record_path)
+        except VaekitError:
+            raise VaekitError(f"{record_path} is damaged or not vaekit's (not JSON); {fix}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+            raise VaekitError(f"{record_path} is damaged or not vaekit's (no config); {fix}")
         if record.get("fingerprint") == digest:
-            net = FeatureNet(**record["config"])
-            net.load_state_dict(load_file(str(weights)))
+            try:
+                net = FeatureNet(**record["config"])
+            except TypeError as err:
+                raise VaekitError(f"{record_path} is damaged or not vaekit's ({err}); {fix}") from None
+            try:
+                state = read_tensors(weights)
+            except VaekitError:
+                raise VaekitError(f"{weights} is damaged or not a safetensors file; {fix}") from None
+            load_state(net, state, weights)
             net.eval()
             if {k: record.get(k) for k in test_id} != test_id:
                 record |= test_id | {"test_accuracy": classifier_accuracy(net, test.images, test.labels)}

@@ -78,6 +78,19 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor | float =
     return _sum_event(elementwise.expand_as(z), x)
 
 
+def categorical_log_likelihood(codes: Tensor, logits: Tensor) -> Tensor:
+    """log p(codes) of a factorised categorical over K classes at every position, per example.
+
+    ``Σ_i log softmax(ℓ_i)[c_i] = Σ_i (ℓ_{i,c_i} − logsumexp_k ℓ_{i,k})``, summed over the positions
+    i of one example: the log-likelihood of a code map under an autoregressive prior whose logits at
+    position i were computed from the codes before it (a PixelCNN's), in nats. Computed in the
+    logits' dtype (pass float32 logits for float32 precision). ``codes: [B, ...]`` long in [0, K),
+    ``logits: [B, K, ...]`` ``-> [B]``.
+    """
+    per_position = -F.cross_entropy(logits, codes, reduction="none")  # [B, ...]
+    return per_position.reshape(per_position.shape[0], -1).sum(dim=1)
+
+
 def standard_normal_log_prob(z: Tensor) -> Tensor:
     """log N(z; 0, I), summed over the last dimension: ``−½ Σ_j (z_j² + log 2π)``."""
     return -0.5 * (z.pow(2) + LOG_2PI).sum(dim=-1)

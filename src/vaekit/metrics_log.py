@@ -16,6 +16,9 @@ COLUMNS = [
     "ELBO",
     "VQ_Loss",
     "perplexity",
+    "codebook_usage",
+    "NLL",
+    "bits_per_code",
     "lr",
     "beta",
     "images_per_s",
@@ -36,11 +39,15 @@ class MetricsLog:
         path = Path(run_dir) / "metrics.csv"
         if resume_step is not None and path.exists():
             _truncate_after(path, resume_step)
-        new = not path.exists()
+        # a process killed before its first row may have left an empty file (the header unflushed)
+        new = not path.exists() or path.stat().st_size == 0
+        # a resumed run keeps the columns its file has (an older vaekit may have written fewer)
+        columns = COLUMNS if new else _header(path) or COLUMNS
         self._file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
-        self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
+        self._csv = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
         if new:
             self._csv.writeheader()
+            self._file.flush()
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -76,3 +83,9 @@ def _truncate_after(path: Path, step: int) -> None:
     with open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
     tmp.replace(path)
+
+
+def _header(path: Path) -> list[str]:
+    """The column names in the first row of a CSV file (empty if it has none)."""
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])

@@ -1,9 +1,14 @@
 """The training loop: a plain function, from a config to a run directory of weights and numbers.
 
 One process, or several under ``torchrun`` (DDP: gloo on CPU, NCCL on CUDA; the data are sharded
-across ranks and only rank 0 writes). Checkpoints are taken at the end of every epoch and hold
-the weights, optimizer, scheduler and RNG state, so ``resume=True`` continues exactly where the
-last finished epoch left off.
+across ranks and only rank 0 writes). Checkpoints are taken at the end of every epoch, every
+``train.checkpoint_every_steps`` steps and on SIGINT/SIGTERM; they hold the weights, optimizer,
+scheduler, RNG state and the batches done in the current epoch, so ``resume=True`` continues
+exactly where the checkpoint left off — mid-epoch included, to the same bits on a CPU.
+
+Every step checks that the loss terms and the gradient norm are finite before the optimizer
+applies it (:class:`~vaekit.errors.DivergenceError` otherwise), and no checkpoint is written from
+non-finite weights: a run that diverges stops with its last checkpoint intact.
 
 The loop knows nothing of model families: it calls ``model(x)`` and
 ``model.loss_function(*outputs, beta=β)`` (the contract of :class:`vaekit.models.Model`) and
@@ -16,6 +21,8 @@ import contextlib
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -28,11 +35,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vaekit.checkpoint import load_training_checkpoint, save_training_checkpoint, writing
+from vaekit.checkpoint import (
+    load_training_checkpoint,
+    save_model_checkpoint,
+    save_training_checkpoint,
+    writing,
+)
 from vaekit.config import Config, TrainConfig, save_config
 from vaekit.data import ImageData, load_split, make_loader
 from vaekit.distributed import DistInfo, broadcast_from_main, mean_over_ranks, setup_distributed
-from vaekit.errors import ConfigError
+from vaekit.errors import ConfigError, DivergenceError, VaekitError
 from vaekit.evaluate import evaluate_loss
 from vaekit.metrics_log import MetricsLog
 from vaekit.models import Model, build_model
@@ -123,6 +135,39 @@ class _Session:
     forward: Callable[..., Any] | None = None  # the model, wrapped by DDP and/or torch.compile
     log: MetricsLog | None = None
     images_seen: int = 0  # by all ranks, in this invocation
+    out_dir: Path | None = None
+    stop: _StopRequest | None = None  # SIGINT/SIGTERM received: checkpoint and stop
+    started: float = 0.0  # perf_counter when wall_time was last brought up to date
+    saved_step: int | None = None  # the step of the newest checkpoints/last
+    stopped_by: str | None = None  # the name of the signal that stopped this invocation
+
+
+class _StopRequest:
+    """SIGINT and SIGTERM, while installed, set :attr:`signal` instead of stopping the process: the
+    loop writes a checkpoint at the next step boundary and returns. A second one stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main one only
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handle(signum: int, frame: Any) -> None:
+            if self.signal is not None:  # the second one: do not wait for the checkpoint
+                raise KeyboardInterrupt
+            self.signal = signal.Signals(signum)
+
+        for sig in previous:
+            signal.signal(sig, handle)
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def train(
@@ -137,7 +182,8 @@ def train(
     ``stopped_early`` when early stopping ended the run).
 
     ``stop_after_epochs`` ends this invocation early with a checkpoint, as a preemption would;
-    ``resume=True`` picks up from ``out_dir/checkpoints/last``. ``on_start`` is called once the
+    so does SIGINT or SIGTERM (at the next step; the result then has ``interrupted``: the signal's
+    name). ``resume=True`` picks up from ``out_dir/checkpoints/last``. ``on_start`` is called once the
     data and model are ready, before anything is written (the command line announces the run there,
     so a bad data path fails with one line). A fresh run that fails before its first checkpoint
     removes what it wrote (and ``out_dir`` itself when it made it): there is nothing to resume.
@@ -146,6 +192,7 @@ def train(
     if on_start is not None:
         on_start()
     out_dir = Path(out_dir)
+    run.out_dir, run.stop = out_dir, _StopRequest()
     # the stack closes the metrics log, then a failed fresh run is removed
     with (
         _removed_if_unfinished(out_dir, enabled=run.dist.is_main and not resume),
@@ -157,22 +204,29 @@ def train(
                 out_dir, enabled=run.dist.is_main, resume_step=state["step"] if resume else None
             )
         stack.callback(run.log.close)
+        stack.enter_context(run.stop.installed())
         start_epoch = state["epoch"]
         end_epoch = start_epoch if state.get("stopped_early") else cfg.train.epochs
-        started = time.perf_counter()
+        run.started = time.perf_counter()
         for epoch in range(start_epoch, end_epoch):
-            _train_epoch(run, epoch, state, progress)
+            if not _train_epoch(run, epoch, state, progress):
+                break  # interrupted mid-epoch: checkpointed there
             stop_early = _evaluate_and_select(run, out_dir, state, finished=epoch + 1)
-            state.update(epoch=epoch + 1, stopped_early=stop_early)
-            state["wall_time"] += time.perf_counter() - started
-            started = time.perf_counter()
+            state.update(epoch=epoch + 1, batches_done=0, stopped_early=stop_early)
             _save_checkpoint(run, out_dir, state)
             stopping = stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs
+            # rank 0 decides: a signal that came during the evaluation reached the ranks at other times
+            if broadcast_from_main(run.stop.signal is not None):
+                run.stopped_by = run.stop.signal.name if run.stop.signal is not None else "a signal"
+                break
             if stop_early or stopping:
                 break
     run.dist.barrier()
     selection = "valid" if run.valid_data is not None else "test"
-    return state | {"images_seen_this_run": run.images_seen, "selection_split": selection}
+    result = state | {"images_seen_this_run": run.images_seen, "selection_split": selection}
+    if run.stopped_by is not None:
+        result["interrupted"] = run.stopped_by
+    return result
 
 
 def _setup(cfg: Config) -> _Session:
@@ -190,13 +244,18 @@ def _setup(cfg: Config) -> _Session:
     d = cfg.data
     train_data, test_data = load_split(d, d.train_split), load_split(d, d.test_split)
     valid_data = load_split(d, d.valid_split) if d.valid_split else None
-    model = build_model(cfg.model.name, cfg.model.params, train_data.shape).to(dist.device)
+    try:
+        model = build_model(cfg.model.name, cfg.model.params, train_data.shape).to(dist.device)
+    except VaekitError:
+        raise
+    except ValueError as err:  # a constructor refusing its arguments: they came from the config
+        raise ConfigError(f"model: {err} (data shape {list(train_data.shape)})") from None
     if dist.world_size > 1 and t.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must divide by the {dist.world_size} processes")
     loader = make_loader(
         train_data,
         t.batch_size // dist.world_size,
-        model.likelihood.kind,
+        model.input_kind,
         shuffle=True,
         drop_last=True,
         seed=t.seed,
@@ -227,6 +286,16 @@ def _start(run: _Session, out_dir: Path, resume: bool) -> dict[str, Any]:
     if resume:
         last = out_dir / "checkpoints" / "last"
         state = load_training_checkpoint(last, run.model, run.optimizer, run.scheduler)
+        run.saved_step = state["step"]
+        if run.dist.is_main:  # only now: `--set` on a resume that does not fit leaves config.yaml as it was
+            with writing(out_dir):
+                save_config(run.cfg, out_dir / "config.yaml")
+        # the checkpoint's schedule has the old train.lr in it: a `--set train.lr=…` on resume (say,
+        # after a divergence) takes effect from here (the same numbers when it did not change)
+        t, factor = run.cfg.train, lr_factor(run.cfg.train, run.total_steps)
+        run.scheduler.base_lrs = [t.lr for _ in run.optimizer.param_groups]
+        for group in run.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = t.lr, t.lr * factor(run.scheduler.last_epoch)
     elif run.dist.is_main:
         with writing(out_dir):
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,24 +309,29 @@ def _start(run: _Session, out_dir: Path, resume: bool) -> dict[str, Any]:
     return state
 
 
-def _train_epoch(run: _Session, epoch: int, state: dict[str, Any], progress: bool) -> None:
-    """One pass over this rank's share of the training split, logging every ``log_every`` steps."""
+def _train_epoch(run: _Session, epoch: int, state: dict[str, Any], progress: bool) -> bool:
+    """One pass over this rank's share of the training split (the rest of it, for a run resumed
+    mid-epoch), logging every ``log_every`` steps and checkpointing every ``checkpoint_every_steps``.
+    Returns False when a signal stopped it before the end (after a checkpoint)."""
     t, dist = run.cfg.train, run.dist
     run.model.train()
     if dist.rank > 0:  # own reparameterization noise per rank (rank 0's state is in the checkpoint;
         # the others are re-derived each epoch, so a resumed DDP run draws the same numbers)
         seeds = np.random.SeedSequence([t.seed, epoch, dist.rank])
         torch.manual_seed(int(seeds.generate_state(1)[0]))
-    run.loader.set_epoch(epoch)
+    state.setdefault("batches_done", 0)  # checkpoints of vaekit <= 0.2 were taken at epoch ends only
+    run.loader.set_epoch(epoch, start_batch=state["batches_done"])
     label, enabled = f"epoch {epoch + 1}/{t.epochs}", progress and dist.is_main
     bar = _StepBar(run.loader, label, state["step"], run.images_seen, enabled, dist.device.type)
     window_start, window_images = time.perf_counter(), 0
-    for x, _ in bar:
+    for x, labels in bar:
         x = x.to(dist.device, non_blocking=True)
+        labels = labels.to(dist.device, non_blocking=True) if labels is not None else None
         beta = kl_weight(t, state["step"])
         lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it after)
-        terms = _train_step(run, x, beta)
+        terms, stop = _train_step(run, x, labels, beta, state["step"] + 1, epoch + 1)
         state["step"] += 1
+        state["batches_done"] += 1
         window_images += len(x) * dist.world_size
         run.images_seen += len(x) * dist.world_size
         if state["step"] % t.log_every == 0 or state["step"] == run.total_steps:
@@ -272,20 +346,83 @@ def _train_epoch(run: _Session, epoch: int, state: dict[str, Any], progress: boo
             run.log.write(state["step"], epoch + 1, "train", row)
             window_start, window_images = time.perf_counter(), 0
         bar.show(state["step"], run.images_seen, terms)
+        if state["batches_done"] == len(run.loader):
+            continue  # the last batch: the epoch's end checkpoint follows its evaluation
+        every = t.checkpoint_every_steps
+        if stop or (every and state["step"] % every == 0):
+            _save_checkpoint(run, out_dir=run.out_dir, state=state)
+        if stop:
+            run.stopped_by = run.stop.signal.name if run.stop.signal is not None else "a signal"
+            bar.bar.close()
+            return False
+    return True
 
 
-def _train_step(run: _Session, x: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
-    """Forward, the model's objective, backward, clipping and one optimizer and scheduler step."""
-    with _autocast(run.dist.device, run.cfg.train.precision):
-        outputs = run.forward(x)
+def _train_step(
+    run: _Session, x: torch.Tensor, labels: torch.Tensor | None, beta: float, step: int, epoch: int
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Forward, the model's objective, backward, clipping and one optimizer and scheduler step;
+    returns the loss terms and whether a signal asks to stop (all ranks agree on it).
+    ``labels`` go to every model: a class-conditional one uses them, the others ignore them.
+
+    Before the optimizer applies anything, every term and the gradient norm must be finite: one
+    host sync per step (and, under DDP, one all-reduce of a few numbers, so that all ranks stop
+    together); otherwise :class:`DivergenceError` names ``step`` and the terms."""
+    t = run.cfg.train
+    with _autocast(run.dist.device, t.precision):
+        outputs = run.forward(x, labels=labels)
     terms = run.model.loss_function(*outputs, beta=beta)  # in float32, whatever the autocast
     run.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
-    if run.cfg.train.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)
+    params = [p for p in run.model.parameters() if p.grad is not None]
+    if t.grad_clip is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)  # the norm before clipping
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    checks = [v.detach().isfinite().all() for v in terms.values()] + [grad_norm.isfinite()]
+    bad = torch.stack(checks).logical_not().float()  # [terms + 1]: 1 where non-finite
+    stop = torch.tensor([float(run.stop is not None and run.stop.signal is not None)], device=bad.device)
+    flags = torch.cat([bad, stop])
+    if run.dist.world_size > 1:
+        flags = mean_over_ranks(flags)  # > 0 where any rank saw it
+    flags = flags.tolist()  # the host sync
+    if any(flags[:-1]):
+        names = [*terms, "gradient norm"]
+        values = [*(v.detach().float() for v in terms.values()), grad_norm.detach().float()]
+        raise _diverged(run, step, epoch, names, values, flags[:-1])
     run.optimizer.step()
     run.scheduler.step()
-    return terms
+    return terms, bool(flags[-1])
+
+
+def _diverged(
+    run: _Session, step: int, epoch: int, names: list[str], values: list[torch.Tensor], flags: list[float]
+) -> DivergenceError:
+    """The message of a step whose loss terms or gradient went non-finite."""
+    t = run.cfg.train
+    found = []
+    for name, value, flag in zip(names, values, flags, strict=True):
+        if flag:
+            kind = "nan" if value.isnan().any() else "inf"
+            found.append(f"{name}={kind}" if value.numel() == 1 else f"{name} has {kind}")
+    kept = (
+        f"checkpoints/last (step {run.saved_step}) is kept as it was"
+        if run.saved_step is not None
+        else "no checkpoint had been written yet"
+    )
+    cause = f"a learning rate too high for this model (train.lr={t.lr:g}): lower it"
+    if t.grad_clip is None:
+        cause += " or set train.grad_clip"
+    if t.precision == "bf16":
+        cause += "; or bf16 overflow: try train.precision=fp32"
+    cause += "; or NaN/inf in the data"
+    if step == 1:  # no update has been applied: the learning rate cannot be the cause
+        cause = "NaN/inf in the data, or a model that computes them (this was the first step, "
+        cause += "before any update)"
+    return DivergenceError(
+        f"training diverged at step {step} (epoch {epoch}): {', '.join(found)}; the step was not "
+        f"applied and {kept}. Likely cause: {cause}"
+    )
 
 
 def _evaluate_and_select(run: _Session, out_dir: Path, state: dict[str, Any], finished: int) -> bool:
@@ -303,8 +440,9 @@ def _evaluate_and_select(run: _Session, out_dir: Path, state: dict[str, Any], fi
     if score < state["best"]:
         state.update(best=score, bad_evals=0, best_epoch=finished)
         if dist.is_main:
+            _check_finite(run, "checkpoints/best")
             with writing(out_dir):
-                run.model.save_pretrained(out_dir / "checkpoints" / "best")
+                save_model_checkpoint(out_dir / "checkpoints" / "best", run.model)
     else:
         state["bad_evals"] += 1
     patience = t.early_stopping_patience
@@ -314,9 +452,26 @@ def _evaluate_and_select(run: _Session, out_dir: Path, state: dict[str, Any], fi
     return broadcast_from_main(stop_early)
 
 
+def _check_finite(run: _Session, what: str) -> None:
+    """Refuse to save non-finite weights (one host sync): they would replace a good checkpoint."""
+    finite = torch.stack([p.detach().isfinite().all() for p in run.model.parameters()])
+    if not bool(finite.all()):
+        names = [n for n, p in run.model.named_parameters() if not p.detach().isfinite().all()]
+        raise DivergenceError(
+            f"the weights went non-finite ({', '.join(names[:3])}{'…' if len(names) > 3 else ''}); not "
+            f"writing {what} over the last good one. Likely cause: a learning rate too high for this "
+            f"model (train.lr={run.cfg.train.lr:g}), or NaN/inf in the data"
+        )
+
+
 def _save_checkpoint(run: _Session, out_dir: Path, state: dict[str, Any]) -> None:
     """``checkpoints/last``: weights, optimizer, scheduler, RNG and ``state`` (rank 0 writes)."""
+    now = time.perf_counter()
+    state["wall_time"] += now - run.started
+    run.started = now
     if run.dist.is_main:
+        _check_finite(run, "checkpoints/last")
         with writing(out_dir):
             last = out_dir / "checkpoints" / "last"
             save_training_checkpoint(last, run.model, run.optimizer, run.scheduler, state)
+    run.saved_step = state["step"]

@@ -7,6 +7,7 @@ model's value range (Bernoulli [0, 1], Gaussian [-1, 1]) is undone by :func:`to_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,10 +18,14 @@ from vaekit.report import save_grid, save_interpolation, save_reconstructions
 
 
 @torch.no_grad()
-def sample_images(model: AutoEncoder, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-    """``model.sample``: ``[num_samples, C, H, W]`` in [0, 1]. A model without a prior raises
-    :class:`~vaekit.errors.NoPriorError`, saying what it lacks."""
-    return to_unit_range(model.sample(num_samples, generator=generator), model.likelihood.kind).cpu()
+def sample_images(
+    model: AutoEncoder, num_samples: int, generator: torch.Generator | None = None, **options: Any
+) -> Tensor:
+    """``model.sample``: ``[num_samples, C, H, W]`` in [0, 1]; ``options`` (``labels``,
+    ``temperature``) go to it. A model without a prior raises :class:`~vaekit.errors.NoPriorError`,
+    saying what it lacks."""
+    images = model.sample(num_samples, generator=generator, **options)
+    return to_unit_range(images, model.likelihood.kind).cpu()
 
 
 @torch.no_grad()

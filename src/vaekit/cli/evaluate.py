@@ -20,6 +20,8 @@ _ROWS = [
     ("codebook_usage", "codebook usage"),
     ("perplexity", "codebook perplexity"),
     ("dead_codes", "dead codes"),
+    ("prior_nll_nats", "prior NLL of the codes (nats/map)"),
+    ("prior_bits_per_code", "prior bits/code"),
     ("frechet_distance", "Fréchet distance (floor)"),
     ("kid", "KID (floor)"),
     ("precision", "precision"),
@@ -49,7 +51,7 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"  {'published: ' + name:<32} {nll:.2f}")
     lines += [
         f"  note: {results[k]}"
-        for k in ("data_note", "feature_space_note", "sample_quality_note")
+        for k in ("nll_note", "data_note", "feature_space_note", "sample_quality_note")
         if k in results
     ]
     return "\n".join(lines)

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaekit.errors import VaekitError
+
 
 def positive_int(text: str) -> int:
     """An argparse type: a count of at least 1 (``-n 0`` or ``-n -1`` is refused, not a traceback)."""
@@ -35,6 +37,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-n", "--num", type=positive_int, default=64, help="number of samples (default 64)")
     p.add_argument("-o", "--output", default="samples.png", help="PNG file (default samples.png)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", type=int, metavar="K", help="class K (a class-conditional prior); default: all")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="scale the prior's spread (below 1: safer, less varied samples; default 1)",
+    )
     p.set_defaults(run_command=cmd_sample)
 
     p = sub.add_parser("reconstruct", help="originals beside their reconstructions")
@@ -65,10 +75,10 @@ def add_parsers(sub: Any) -> None:
 
 def _load(args: argparse.Namespace):
     from vaekit.distributed import pick_device
-    from vaekit.runs import load_run
+    from vaekit.runs import load_image_run
 
     args.device = pick_device(args.device)  # a user error, not a traceback, when there is no such device
-    return load_run(args.run, args.checkpoint, map_location=args.device)
+    return load_image_run(args.run, args.checkpoint, map_location=args.device)
 
 
 def _split_data(cfg, split: str | None):
@@ -82,8 +92,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from vaekit.visualize import sample_images
 
     _, model = _load(args)
+    if not args.temperature > 0:
+        raise VaekitError(f"--temperature must be positive, got {args.temperature}")
+    if args.label is not None and not model.num_classes:
+        raise VaekitError(f"--label {args.label}: the model of {args.run} is not class-conditional")
+    if args.label is not None and not 0 <= args.label < model.num_classes:
+        raise VaekitError(f"--label must be in 0..{model.num_classes - 1}, got {args.label}")
     gen = torch.Generator().manual_seed(args.seed)
-    print(save_grid(sample_images(model, args.num, gen), Path(args.output)))
+    images = sample_images(model, args.num, gen, labels=args.label, temperature=args.temperature)
+    print(save_grid(images, Path(args.output)))
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:

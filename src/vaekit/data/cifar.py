@@ -95,8 +95,8 @@ def safe_load(path: str | os.PathLike) -> object:
         raise DataError(f"cannot read {path}: {e}; check the path") from None
     try:
         return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except DataError:
-        raise
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
     except Exception as e:  # truncated or garbled pickles raise many types
         msg = f"cannot unpickle {path} ({type(e).__name__}: {e}); download CIFAR-10 again"
         raise DataError(msg) from None

@@ -16,6 +16,7 @@ download.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,12 +128,30 @@ class FolderDataset(torch.utils.data.Dataset):
         self.channels = channels
         self.split = split
         self.files = split_files(self.root, split)
+        self.skipped: set[int] = set()  # indices found undecodable, in this process
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return load_image(self.files[index], self.size, self.channels)  # [C,H,W] uint8
+        """Image ``index``; one that cannot be decoded (not an image, corrupt, truncated) is skipped:
+        the next decodable file in the sorted list takes its place, so batches keep their size and
+        the data order stays a function of the seed, and a line on stderr names the file (once per
+        process). Only when no file at all can be decoded is it an error."""
+        for offset in range(len(self.files)):
+            i = (index + offset) % len(self.files)
+            try:
+                return load_image(self.files[i], self.size, self.channels)  # [C,H,W] uint8
+            except DataError as err:
+                if i not in self.skipped:
+                    self.skipped.add(i)
+                    print(
+                        f"vaekit: warning: {err}; skipped: the next image takes its place "
+                        f"({len(self.skipped)} undecodable so far)",
+                        file=sys.stderr,
+                    )
+        n = len(self.files)
+        raise DataError(f"none of the {n} image file(s) under {self.root} can be decoded; replace them")
 
 
 def open_split(

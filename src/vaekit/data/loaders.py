@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from vaekit.data.ranges import check_likelihood, to_model_range
+from vaekit.data.ranges import check_input_kind, to_model_range
 from vaekit.errors import DataError
 
 if TYPE_CHECKING:
@@ -59,9 +59,11 @@ class _Loader:
     def __init__(
         self, n, batch_size, likelihood, *, shuffle, drop_last, seed, binarize, rank, world_size
     ) -> None:
-        check_likelihood(likelihood)
+        check_input_kind(likelihood)
         if binarize and likelihood != "bernoulli":
-            raise DataError("binarize=True needs likelihood='bernoulli'; turn binarization off for gaussian")
+            raise DataError(
+                f"binarize=True needs likelihood='bernoulli'; turn binarization off for {likelihood}"
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(seed, int) or seed < 0:
@@ -77,6 +79,7 @@ class _Loader:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.start_batch = 0  # batches of this epoch to skip (a run resumed mid-epoch)
         self.n = n  # examples in the data set
         self.num_examples = n // world_size  # examples this rank sees per epoch
         if len(self) == 0:
@@ -85,11 +88,18 @@ class _Loader:
                 f"{' with drop_last' if drop_last else ''}; lower batch_size"
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next iteration uses (call before each epoch; resumable)."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch whose order the next iteration uses (call before each epoch; resumable).
+
+        ``start_batch`` skips that epoch's first batches, as if they had been drawn: the next
+        iteration yields batch ``start_batch`` on, each exactly as a full pass would yield it (the
+        binarization generator is advanced past the skipped ones). A run resumed mid-epoch uses it.
+        """
         if not isinstance(epoch, int) or epoch < 0:
             raise DataError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self.epoch = epoch
+        if not isinstance(start_batch, int) or not 0 <= start_batch <= len(self):
+            raise DataError(f"start_batch must be in 0..{len(self)}, got {start_batch!r}")
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -133,6 +143,10 @@ class InMemoryLoader(_Loader):
         b = self.batch_size
         for i in range(len(self)):
             sel = order[i * b : (i + 1) * b]  # [B]
+            if i < self.start_batch:  # drawn before a resume: only the generator moves on
+                if gen is not None:
+                    torch.bernoulli(torch.zeros(len(sel), *self.images.shape[1:]), generator=gen)
+                continue
             x = to_model_range(self.images[sel], self.likelihood, binarize=self.binarize, generator=gen)
             yield x, (self.labels[sel] if self.labels is not None else None)
 
@@ -147,6 +161,7 @@ class _EpochSampler(torch.utils.data.Sampler):
     def __init__(self, n: int, *, seed: int, shuffle: bool, rank: int, world_size: int) -> None:
         self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
         self.epoch = 0
+        self.start = 0  # examples of this epoch to skip (a run resumed mid-epoch)
 
     def __iter__(self):
         return iter(
@@ -157,7 +172,7 @@ class _EpochSampler(torch.utils.data.Sampler):
                 shuffle=self.shuffle,
                 rank=self.rank,
                 world_size=self.world_size,
-            ).tolist()
+            )[self.start :].tolist()
         )
 
     def __len__(self) -> int:
@@ -193,12 +208,16 @@ class FolderLoader(_Loader):
             batch_sampler=torch.utils.data.BatchSampler(self._sampler, batch_size, self.drop_last),
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
+            # its own generator for the workers' base seed: drawn from the global one, it would move
+            # the model's noise at every epoch start, and a run resumed mid-epoch would differ
+            generator=torch.Generator().manual_seed(_mix(self.seed, 2)),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next iteration uses (call before each epoch; resumable)."""
-        super().set_epoch(epoch)
-        self._sampler.epoch = self.epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch whose order the next iteration uses (call before each epoch; resumable);
+        ``start_batch`` as in :meth:`_Loader.set_epoch` (skipped batches are not decoded)."""
+        super().set_epoch(epoch, start_batch)
+        self._sampler.epoch, self._sampler.start = self.epoch, start_batch * self.batch_size
 
     def close(self) -> None:
         """Stop the worker processes now (they also stop when the loader is garbage collected)."""
@@ -209,6 +228,10 @@ class FolderLoader(_Loader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, None]]:
         gen = self._binarize_generator()
+        if gen is not None and self.start_batch:  # move it past the skipped batches' draws
+            shape = self.dataset[0].shape  # [C,H,W]
+            for _ in range(self.start_batch):
+                torch.bernoulli(torch.zeros(self.batch_size, *shape), generator=gen)
         it = iter(self.loader)
         while True:
             try:
@@ -240,6 +263,9 @@ def make_loader(
     num_workers: int | None = None,
 ) -> InMemoryLoader | FolderLoader:
     """A loader over ``data`` yielding ``(x float32 [B,C,H,W], labels int64 [B] or None)``.
+
+    ``likelihood`` is the model's input kind (:data:`vaekit.data.ranges.INPUT_KINDS`): the range the
+    pixels are mapped to, or "codes", whose int64 code maps pass through unchanged.
 
     ``len(loader)`` is batches per epoch for this rank; call ``loader.set_epoch(e)`` before each
     epoch — the order is a function of (seed, epoch) only, so training can resume at any epoch.

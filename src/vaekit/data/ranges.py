@@ -17,19 +17,36 @@ import torch
 
 from vaekit.errors import DataError
 
-__all__ = ["DATA_RANGE", "LIKELIHOODS", "binarize_once", "check_likelihood", "dequantize"]
+__all__ = [
+    "DATA_RANGE",
+    "INPUT_KINDS",
+    "LIKELIHOODS",
+    "binarize_once",
+    "check_input_kind",
+    "check_likelihood",
+]
+__all__ += ["dequantize"]
 __all__ += ["likelihood_data", "to_model_range", "to_uint8", "to_unit_range"]
 
 #: The decoder likelihoods, each modelling pixels in its own range.
 LIKELIHOODS = ("bernoulli", "gaussian")
 #: ``(low, high)`` of the values each likelihood models; pixel 0 maps to low and 255 to high.
 DATA_RANGE: dict[str, tuple[float, float]] = {"bernoulli": (0.0, 1.0), "gaussian": (-1.0, 1.0)}
+#: What a model takes as input (its ``input_kind``): images in a likelihood's range, or "codes",
+#: maps of VQ-VAE code indices (int64), which pass through unchanged.
+INPUT_KINDS = (*LIKELIHOODS, "codes")
 
 
 def check_likelihood(likelihood: str) -> None:
     """DataError unless ``likelihood`` is one of :data:`LIKELIHOODS`."""
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}; use one of {', '.join(LIKELIHOODS)}")
+
+
+def check_input_kind(kind: str) -> None:
+    """DataError unless ``kind`` is one of :data:`INPUT_KINDS`."""
+    if kind not in INPUT_KINDS:
+        raise DataError(f"unknown input kind {kind!r}; use one of {', '.join(INPUT_KINDS)}")
 
 
 def to_model_range(
@@ -41,14 +58,17 @@ def to_model_range(
 ) -> torch.Tensor:
     """Map pixels to the range the likelihood models. Shape is kept (e.g. ``[B,C,H,W]``).
 
-    ``x`` is uint8 (0..255) or floating point already in [0, 1]; the result is float32 in
+    For "codes" the integer code indices come back as int64, unchanged. Otherwise ``x`` is uint8
+    (0..255) or floating point already in [0, 1]; the result is float32 in
     ``DATA_RANGE[likelihood]``: "bernoulli" x/255, "gaussian" x/127.5 − 1. With ``binarize=True``
     (bernoulli only) each pixel is then drawn as Bernoulli(intensity) using ``generator`` (dynamic
     binarization: fresh 0/1 values every call).
     """
-    check_likelihood(likelihood)
+    check_input_kind(likelihood)
     if binarize and likelihood != "bernoulli":
-        raise DataError("binarize=True needs likelihood='bernoulli'; turn binarization off for gaussian")
+        raise DataError(f"binarize=True needs likelihood='bernoulli'; turn binarization off for {likelihood}")
+    if likelihood == "codes":  # code indices are categories, not intensities
+        return x.long()
     low, high = DATA_RANGE[likelihood]
     if x.dtype == torch.uint8:
         y = x.float().div(255.0 / (high - low)).add(low)  # 255/2 = 127.5 is exact

@@ -8,6 +8,7 @@ mnist          28           1        train (60k), test (10k), train-50k, valid-1
 fashion-mnist  28           1        train (60k), test (10k), train-50k, valid-10k
 cifar10        32           3        train (50k), test (10k)
 folder         64           3        train, test (``train/``+``test/`` or 90/10); decoded lazily
+codes          its own      1        the splits of a VQ-VAE run, encoded (:mod:`~vaekit.data.codes`)
 ============== ============ ======== ============================================================
 
 ``train-50k``/``valid-10k`` are the first 50,000 and last 10,000 images of the standard 60k
@@ -32,7 +33,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from vaekit.data import cifar, folder, idx, mnist5k
+from vaekit.data import cifar, codes, folder, idx, mnist5k
 from vaekit.data.transforms import convert_channels, resize
 from vaekit.errors import DataError
 
@@ -78,9 +79,10 @@ class Loaded(NamedTuple):
     """One split as a source's ``load`` gives it, at the requested size and channel count."""
 
     location: str  # where the files were read from
-    images: torch.Tensor | None = None  # [N,C,H,W] uint8 (in-memory sources)
+    images: torch.Tensor | None = None  # [N,C,H,W] uint8 (in-memory sources; int64 for codes)
     labels: torch.Tensor | None = None  # [N] int64
     dataset: torch.utils.data.Dataset | None = None  # items uint8 [C,H,W], decoded lazily
+    num_classes: int | None = None  # when the files say (else the source's own)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,13 @@ def _lazy_folder(path: PathArg, split: str, size: tuple[int, int], channels: int
     return Loaded(str(dataset.root), dataset=dataset)
 
 
+def _codes(path: PathArg, split: str, size: tuple[int, int], channels: int) -> Loaded:
+    """A run's code maps, at their own size (the VQ-VAE's latent grid): ``size`` and ``channels``
+    do not apply (the config refuses them)."""
+    maps, labels, location, num_classes = codes.read(path, split)
+    return Loaded(location, maps, labels, num_classes=num_classes)
+
+
 def _idx(name: str, summary: str) -> Source:
     return Source(
         name, (28, 28), 1, idx.SPLITS, 10, summary,
@@ -140,6 +149,10 @@ SOURCES: dict[str, Source] = {
         Source(
             "folder", (64, 64), 3, folder.SPLITS, None, "any directory tree of images",
             load=_lazy_folder, status=folder.status,
+        ),
+        Source(
+            "codes", (7, 7), 1, codes.SPLITS, None, "a VQ-VAE run's code maps, for a prior over codes",
+            load=_codes, status=codes.status,
         ),
     )
 }  # fmt: skip
@@ -186,8 +199,11 @@ def load_dataset(
     if ch not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     got = src.load(path, split, size, ch)
+    if got.images is not None:  # the shape the data have (a source like codes has its own)
+        ch, size = got.images.shape[1], tuple(got.images.shape[2:])
+    num_classes = got.num_classes or src.num_classes
     return ImageData(
-        src.name, split, size, ch, got.images, got.labels, got.dataset, src.num_classes, got.location
+        src.name, split, size, ch, got.images, got.labels, got.dataset, num_classes, got.location
     )
 
 

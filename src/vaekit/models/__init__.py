@@ -12,13 +12,14 @@ from vaekit.errors import ConfigError, VaekitError
 from vaekit.models.base import AutoEncoder, Model
 from vaekit.models.gaussian import GaussianLatentVAE, VAEOutput
 from vaekit.models.linear import LinearGaussianVAE
+from vaekit.models.pixelcnn import GatedPixelCNN, PriorOutput
 from vaekit.models.pytorch_vae import VAE_MODEL_NAMES
 from vaekit.models.vae import MLPVAE, ConvVAE, VanillaVAE
 from vaekit.models.vqvae import VQVAE, VQVAEOutput
 
 #: Every model by its registry name (``model.name`` in a config, ``name`` in a saved ``config.json``).
 MODELS: dict[str, type[Model]] = {
-    cls.registry_name: cls for cls in (VanillaVAE, ConvVAE, MLPVAE, VQVAE, LinearGaussianVAE)
+    cls.registry_name: cls for cls in (VanillaVAE, ConvVAE, MLPVAE, VQVAE, LinearGaussianVAE, GatedPixelCNN)
 }
 
 #: PyTorch-VAE's ``vae_models`` for the models vaekit has, so that its ``run.py`` line
@@ -59,9 +60,11 @@ __all__ = [
     "VQVAE",
     "AutoEncoder",
     "ConvVAE",
+    "GatedPixelCNN",
     "GaussianLatentVAE",
     "LinearGaussianVAE",
     "Model",
+    "PriorOutput",
     "VAEOutput",
     "VQVAEOutput",
     "VanillaVAE",

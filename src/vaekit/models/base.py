@@ -131,6 +131,15 @@ class Model(nn.Module):
     config: dict[str, Any]  # the constructor's arguments (set by @capture_config)
     #: What :meth:`sample` says when the model has no prior: what is missing, what to do instead.
     no_prior_message: ClassVar[str] = "this model has no prior to sample from"
+    #: What the data loader feeds it (:data:`vaekit.data.ranges.INPUT_KINDS`): images in a
+    #: likelihood's range ("bernoulli", "gaussian") or "codes" (int64 maps of code indices).
+    input_kind: str
+
+    @property
+    def num_classes(self) -> int:
+        """The number of labels ``sample(labels=…)`` and ``forward(labels=…)`` condition on; 0 when
+        the model is unconditional (it then ignores labels)."""
+        return 0
 
     def forward(self, input: Tensor, **kwargs: Any) -> NamedOutput:
         raise NotImplementedError
@@ -153,10 +162,13 @@ class Model(nn.Module):
         current_device: Any = None,
         *,
         generator: torch.Generator | None = None,
+        labels: Tensor | int | None = None,
+        temperature: float = 1.0,
         **kwargs: Any,
     ) -> Tensor:
-        """Draw ``num_samples`` examples from the model (``generator``: a CPU generator); without a
-        prior, raise :class:`~vaekit.errors.NoPriorError` with :attr:`no_prior_message`."""
+        """Draw ``num_samples`` examples from the model (``generator``: a CPU generator); ``labels``
+        (an int or ``[n]``) for a class-conditional model, ``temperature`` scales the prior's spread.
+        Without a prior, raise :class:`~vaekit.errors.NoPriorError` with :attr:`no_prior_message`."""
         raise NoPriorError(self.no_prior_message)
 
     # -- saving and loading ----------------------------------------------------------------------
@@ -176,7 +188,7 @@ class Model(nn.Module):
             found = header.get("name", header.get("class"))
             raise VaekitError(f"{directory} holds a {found} model, not a {cls.registry_name}")
         model = cls(**header["config"])
-        model.load_state_dict(checkpoint.load_weights(directory, map_location))
+        checkpoint.load_weights_into(model, directory, map_location)
         return model.to(map_location)
 
     def _device(self) -> torch.device:
@@ -189,6 +201,14 @@ class AutoEncoder(Model):
 
     input_shape: tuple[int, ...]  # (C, H, W) of one input
     likelihood: nn.Module  # a DecoderLikelihood: .kind, .log_prob(x, recons), .mean(recons)
+    #: Said beside the numbers of :meth:`log_px` when they are not an importance-sampled estimate.
+    log_px_note: ClassVar[str | None] = None
+
+    @property
+    def input_kind(self) -> str:  # type: ignore[override]
+        """Images in the range of the decoder's likelihood."""
+        return self.likelihood.kind
+
     #: "gaussian" (μ and log σ² per example) or "discrete" (a map of code indices): which latent
     #: statistics apply (:mod:`vaekit.evaluate`).
     latent_type: ClassVar[str]

@@ -14,6 +14,7 @@ What differs from the seed (PyTorch-VAE), on purpose:
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -106,11 +107,15 @@ class GaussianLatentVAE(AutoEncoder):
         current_device: Any = None,
         *,
         generator: torch.Generator | None = None,
+        labels: Tensor | int | None = None,
+        temperature: float = 1.0,
         **kwargs: Any,
     ) -> Tensor:
-        """Decode z ~ p(z) (N(0, I), or the VampPrior) to images (the decoder's mean)."""
-        warn_ignored(self, "sample", kwargs, silently=LABELS)
-        z = self.sample_latent(num_samples, generator=generator)
+        """Decode z ~ p(z) (N(0, I), or the VampPrior) to images (the decoder's mean); ``temperature``
+        T draws from the prior with its standard deviations times T. An unconditional model ignores
+        ``labels``."""
+        warn_ignored(self, "sample", kwargs)
+        z = self.sample_latent(num_samples, generator=generator, temperature=temperature)
         if current_device is not None:
             z = z.to(current_device)
         return self.likelihood.mean(self.decode(z))
@@ -191,13 +196,19 @@ class GaussianLatentVAE(AutoEncoder):
         z = reparameterize(mu, log_var)  # [B, D]
         return monte_carlo_kl(log_var, self.prior_log_prob(z))
 
-    def sample_latent(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """z ~ p(z), ``[num_samples, D]`` on the model's device; ``generator`` is a CPU generator."""
+    def sample_latent(
+        self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """z ~ p(z), ``[num_samples, D]`` on the model's device; ``generator`` is a CPU generator.
+        ``temperature`` T: N(0, T²I), or each VampPrior component's σ times T."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
         device = self._device()
         components = self.prior_components()
         if components is None:
-            return torch.randn(num_samples, self.latent_dim, generator=generator).to(device)
-        return sample_mixture(*components, num_samples, generator=generator)
+            return (temperature * torch.randn(num_samples, self.latent_dim, generator=generator)).to(device)
+        mus, log_vars = components
+        return sample_mixture(mus, log_vars + 2.0 * math.log(temperature), num_samples, generator=generator)
 
     def _log_px_given_z(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z) for z ``[S, B, D]`` -> ``[S, B]``, decoding all S·B codes in one batch."""

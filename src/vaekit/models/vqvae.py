@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -9,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaekit.errors import NoPriorError
 from vaekit.models.base import (
     LABELS,
     PYTORCH_VAE_LOSS_KEYWORDS,
     AutoEncoder,
+    Model,
     capture_config,
     check_input,
     image_shape,
@@ -65,9 +68,13 @@ class VQVAE(AutoEncoder):
     latent_type: ClassVar[str] = "discrete"
     no_prior_message: ClassVar[str] = (
         "VQVAE has no prior over its codes to sample from: a VQ-VAE samples by decoding code maps "
-        "drawn from a prior fitted to the codes of the training data (e.g. a PixelCNN over "
-        "`vaekit encode` output), which vaekit does not train yet; use reconstruct(), interpolation, "
-        "or decode_indices() with chosen codes"
+        "drawn from a prior fitted to the codes of the training data — train one with `vaekit "
+        "train-prior RUN` (a gated PixelCNN) and load the run, or attach_prior() one; until then use "
+        "reconstruct(), interpolation, or decode_indices() with chosen codes"
+    )
+    log_px_note: ClassVar[str | None] = (
+        "a VQ-VAE's q(z|x) is one code map, so importance sampling returns the bound "
+        "log p(x|z_q) + log p(z_q) of the VQ-VAE paper whatever k is (standard error 0)"
     )
 
     @capture_config
@@ -86,6 +93,7 @@ class VQVAE(AutoEncoder):
         decay: float = 0.99,
         kmeans_init: bool = False,
         restart_dead_codes: bool = False,
+        dead_code_window: int | None = 100,
         final_encoder_activation: bool = False,
     ) -> None:
         super().__init__()
@@ -119,6 +127,7 @@ class VQVAE(AutoEncoder):
             decay=decay,
             kmeans_init=kmeans_init,
             restart_dead_codes=restart_dead_codes,
+            dead_code_window=dead_code_window,
         )
 
         def up(c_from: int, c_to: int, level: int) -> nn.ConvTranspose2d:  # level+1 -> level
@@ -216,6 +225,117 @@ class VQVAE(AutoEncoder):
     def encode_latents(self, x: Tensor) -> dict[str, Tensor]:
         """The code indices, ``[B, h, w]``."""
         return {"indices": self.encode_indices(x)}
+
+    # -- the prior over codes ------------------------------------------------------------------------
+    @property
+    def code_prior(self) -> Model | None:
+        """The model of code maps that :meth:`sample` draws from (:meth:`attach_prior`), or None."""
+        return self.__dict__.get("_code_prior")
+
+    def attach_prior(self, prior: Model | None) -> VQVAE:
+        """Sample, and bound log p(x), with ``prior``: a model of this VQ-VAE's code maps, e.g. the
+        gated PixelCNN ``vaekit train-prior`` trains (``input_kind == "codes"``, this codebook size
+        and latent grid). None detaches it.
+
+        The prior has its own config and checkpoint (``RUN/prior/``), so it is held beside the
+        VQ-VAE rather than inside it: not among its parameters, nor in its state dict or config
+        (``save_pretrained`` writes the VQ-VAE alone); it follows it in ``.to()`` and ``.train()``.
+        """
+        if prior is not None:
+            size = prior.config.get("image_size")
+            grid = tuple(image_shape(1, size)[1:]) if size is not None else None
+            found = (prior.input_kind, prior.config.get("num_embeddings"), grid)
+            expected = ("codes", self.num_embeddings, tuple(self.latent_shape[1:]))
+            if found != expected:
+                raise ValueError(
+                    f"a prior for this VQ-VAE models codes of {expected[1]} entries on a {expected[2]} "
+                    f"grid; got a {type(prior).__name__} of (input, codes, grid) = {found}"
+                )
+            prior.to(self._device()).train(self.training)
+        object.__setattr__(self, "_code_prior", prior)  # not a submodule: see the docstring
+        return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> VQVAE:
+        super()._apply(fn, recurse)
+        if self.code_prior is not None:
+            self.code_prior._apply(fn, recurse)
+        return self
+
+    def train(self, mode: bool = True) -> VQVAE:
+        super().train(mode)
+        if self.code_prior is not None:
+            self.code_prior.train(mode)
+        return self
+
+    @property
+    def can_sample(self) -> bool:
+        return self.code_prior is not None
+
+    @property
+    def estimates_log_px(self) -> bool:  # type: ignore[override]
+        return self.code_prior is not None
+
+    @property
+    def num_classes(self) -> int:
+        return self.code_prior.num_classes if self.code_prior is not None else 0
+
+    def sample(
+        self,
+        num_samples: int,
+        current_device: Any = None,
+        *,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | None = None,
+        temperature: float = 1.0,
+        **kwargs: Any,
+    ) -> Tensor:
+        """Code maps drawn from the prior, decoded: images ``[n, C, H, W]`` (the decoder's mean).
+
+        ``labels`` go to the prior: a class-conditional one given None cycles through its classes, so
+        the samples follow the marginal (1/C) Σ_y p(z|y). Without a prior: :class:`NoPriorError`.
+        """
+        if self.code_prior is None:
+            raise NoPriorError(self.no_prior_message)
+        warn_ignored(self, "sample", kwargs)
+        codes = self.code_prior.sample(
+            num_samples, generator=generator, labels=labels, temperature=temperature
+        )
+        images = self.decode_indices(codes.to(self._device()))  # [n, h, w] -> [n, C, H, W]
+        return images if current_device is None else images.to(current_device)
+
+    def prior_log_prob(self, codes: Tensor) -> Tensor:
+        """log p(z) of code maps ``[B, h, w]`` under the prior, ``[B]``; a class-conditional prior is
+        marginalised over uniform labels: ``log (1/C) Σ_y p(z|y)``."""
+        prior = self.code_prior
+        if prior is None:
+            raise NoPriorError(self.no_prior_message)
+        if not prior.num_classes:
+            return prior.log_prob(codes)
+        per_class = torch.stack(  # [C, B]
+            [
+                prior.log_prob(codes, labels=torch.full_like(codes[:, 0, 0], y))
+                for y in range(prior.num_classes)
+            ]
+        )
+        return torch.logsumexp(per_class, dim=0) - math.log(prior.num_classes)
+
+    def elbo(self, x: Tensor, num_samples: int = 1, beta: float = 1.0) -> Tensor:
+        """The bound of the VQ-VAE paper per example, in nats: ``log p(x|z_q) + β log p(z_q)``.
+
+        q(z|x) puts all its mass on the nearest codes z_q, so its entropy is 0 and
+        KL(q ‖ p) = −log p(z_q). Needs a prior (:meth:`attach_prior`); ``num_samples`` changes
+        nothing, the posterior being one point.
+        """
+        codes = self.encode_indices(x)  # [B, h, w]
+        recons = self.decode(self.vq_layer.codes_to_latents(codes))
+        return self.likelihood.log_prob(x, recons) + beta * self.prior_log_prob(codes)
+
+    @torch.no_grad()
+    def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
+        """:meth:`elbo` and a standard error of 0: with q(z|x) a single code map as the proposal,
+        every importance weight is p(x, z_q)/1, so the estimate is the bound for any k."""
+        bound = self.elbo(x)
+        return bound, torch.zeros_like(bound)
 
     # -- PyTorch-VAE ---------------------------------------------------------------------------------
     @classmethod

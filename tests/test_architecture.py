@@ -21,6 +21,7 @@ LAYERS = [
         "metrics_log",
         "distributed",
         "locks",
+        "progress",
     },
     {"quantize", "data"},
     {"models"},

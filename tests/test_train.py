@@ -605,9 +605,10 @@ def test_progress_bar_shows_each_steps_losses_and_the_global_step(tmp_path, caps
 
     from tqdm import tqdm
 
+    import vaekit.progress
     import vaekit.train
 
-    monkeypatch.setattr(vaekit.train, "tqdm", functools.partial(tqdm, mininterval=0, miniters=1))
+    monkeypatch.setattr(vaekit.progress, "tqdm", functools.partial(tqdm, mininterval=0, miniters=1))
     capsys.readouterr()
     run = tmp_path / "r"
     vaekit.train.train(load_config(None, TINY), run, progress=True)

@@ -21,10 +21,7 @@ import contextlib
 import math
 import os
 import shutil
-import signal
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from vaekit.checkpoint import (
     load_training_checkpoint,
@@ -48,6 +44,7 @@ from vaekit.errors import ConfigError, DivergenceError, VaekitError
 from vaekit.evaluate import evaluate_loss
 from vaekit.metrics_log import MetricsLog
 from vaekit.models import Model, build_model
+from vaekit.progress import StepBar, StopRequest
 
 
 def lr_factor(t: TrainConfig, total_steps: int):
@@ -89,32 +86,6 @@ def _removed_if_unfinished(out_dir: Path, enabled: bool) -> Iterator[None]:
         raise
 
 
-class _StepBar:
-    """One epoch's progress bar: the global step, this step's loss terms and images/s over the last
-    ~10 steps. Reading the terms waits for the device, so on CUDA they are shown every 10th step."""
-
-    def __init__(
-        self, batches: Any, label: str, step: int, images_seen: int, enabled: bool, device_type: str
-    ):
-        self.label, self.every = label, 1 if device_type == "cpu" else 10
-        self.bar = tqdm(batches, f"{label} step {step}", disable=not enabled, dynamic_ncols=True, leave=False)
-        self.recent = deque([(time.perf_counter(), images_seen)], maxlen=10 // self.every + 1)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.bar)
-
-    def show(self, step: int, images_seen: int, terms: dict[str, torch.Tensor]) -> None:
-        if self.bar.disable or step % self.every:
-            return
-        self.recent.append((time.perf_counter(), images_seen))
-        values = torch.stack([v.detach().float() for v in terms.values()]).tolist()  # rank 0's share
-        shown = {k: f"{v:.4g}" for k, v in zip(terms, values, strict=True)}
-        (t0, n0), (t1, n1) = self.recent[0], self.recent[-1]
-        shown["img/s"] = f"{(n1 - n0) / max(t1 - t0, 1e-9):.0f}"
-        self.bar.set_description(f"{self.label} step {step}", refresh=False)
-        self.bar.set_postfix(shown, refresh=False)  # drawn at tqdm's own pace (mininterval)
-
-
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -136,38 +107,10 @@ class _Session:
     log: MetricsLog | None = None
     images_seen: int = 0  # by all ranks, in this invocation
     out_dir: Path | None = None
-    stop: _StopRequest | None = None  # SIGINT/SIGTERM received: checkpoint and stop
+    stop: StopRequest | None = None  # SIGINT/SIGTERM received: checkpoint and stop
     started: float = 0.0  # perf_counter when wall_time was last brought up to date
     saved_step: int | None = None  # the step of the newest checkpoints/last
     stopped_by: str | None = None  # the name of the signal that stopped this invocation
-
-
-class _StopRequest:
-    """SIGINT and SIGTERM, while installed, set :attr:`signal` instead of stopping the process: the
-    loop writes a checkpoint at the next step boundary and returns. A second one stops at once."""
-
-    def __init__(self) -> None:
-        self.signal: signal.Signals | None = None
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopRequest]:
-        if threading.current_thread() is not threading.main_thread():  # signals reach the main one only
-            yield self
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def handle(signum: int, frame: Any) -> None:
-            if self.signal is not None:  # the second one: do not wait for the checkpoint
-                raise KeyboardInterrupt
-            self.signal = signal.Signals(signum)
-
-        for sig in previous:
-            signal.signal(sig, handle)
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def train(
@@ -192,7 +135,7 @@ def train(
     if on_start is not None:
         on_start()
     out_dir = Path(out_dir)
-    run.out_dir, run.stop = out_dir, _StopRequest()
+    run.out_dir, run.stop = out_dir, StopRequest()
     # the stack closes the metrics log, then a failed fresh run is removed
     with (
         _removed_if_unfinished(out_dir, enabled=run.dist.is_main and not resume),
@@ -322,7 +265,7 @@ def _train_epoch(run: _Session, epoch: int, state: dict[str, Any], progress: boo
     state.setdefault("batches_done", 0)  # checkpoints of vaekit <= 0.2 were taken at epoch ends only
     run.loader.set_epoch(epoch, start_batch=state["batches_done"])
     label, enabled = f"epoch {epoch + 1}/{t.epochs}", progress and dist.is_main
-    bar = _StepBar(run.loader, label, state["step"], run.images_seen, enabled, dist.device.type)
+    bar = StepBar(run.loader, label, state["step"], run.images_seen, enabled, dist.device.type)
     window_start, window_images = time.perf_counter(), 0
     for x, labels in bar:
         x = x.to(dist.device, non_blocking=True)

@@ -392,3 +392,14 @@ def test_save_and_load_round_trip(tmp_path, gen):
     for loaded in (GatedPixelCNN.from_pretrained(tmp_path / "prior"), load_model(tmp_path / "prior")):
         assert type(loaded) is GatedPixelCNN and loaded.config == model.config
         assert torch.equal(loaded(codes, labels=labels).logits, model(codes, labels=labels).logits)
+
+
+def test_sampling_leaves_the_thread_count_as_it_was():
+    model = GatedPixelCNN(image_size=3, num_embeddings=4, hidden_channels=8, num_layers=2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the sampler runs on one thread and then gives the two back
+        model.sample(2, generator=torch.Generator().manual_seed(0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

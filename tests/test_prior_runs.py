@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import sets
 from vaekit import NoPriorError, VaekitError, features
+from vaekit.cli.evaluate import format_table
 from vaekit.data import codes, load_split
 from vaekit.models import GatedPixelCNN
 from vaekit.runs import encode_codes, evaluate_run, load_run
@@ -118,6 +119,7 @@ def test_evaluate_bounds_log_px_with_the_prior(prior_run, tmp_path, monkeypatch)
     # the bound: decoder NLL of the dequantized data + prior NLL of the codes, the same number twice
     assert res["nll_nats"] == pytest.approx(-res["elbo_nats"], rel=1e-6) and res["nll_stderr"] == 0
     assert "bound" in res["nll_note"]
+    assert "the bound" in format_table(res) and "k = " not in format_table(res)
     assert 0 < res["prior_nll_nats"] < 49 * np.log(16)
     assert res["prior_bits_per_code"] == pytest.approx(res["prior_nll_nats"] / (49 * np.log(2)))
     assert res["bits_per_dim_conversion"] == "8bit" and res["bits_per_dim"] > 0

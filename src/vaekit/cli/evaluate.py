@@ -40,7 +40,9 @@ def format_table(results: dict[str, Any]) -> str:
             continue
         value = results[key]
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
-        if key == "nll_nats":
+        if key == "nll_nats" and "nll_note" in results:  # a bound, not an estimate (see the note)
+            text = f"{value:.2f}  (the bound: see the note)"
+        elif key == "nll_nats":
             text = f"{value:.2f} ± {results['nll_stderr']:.2f}  (k = {results['iw_samples']})"
         elif key == "active_units":
             text += f" / {results['latent_dim']}"

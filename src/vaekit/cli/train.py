@@ -17,24 +17,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "config", nargs="?", help="YAML config file (see configs/); default: the built-in main job"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.lr=1e-3 (repeatable)",
-    )
+    _add_overrides(p, "e.g. --set train.lr=1e-3 (repeatable)")
     p.add_argument("--out", help="run directory (default: runs/<config name>, never reusing one)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
-    p.add_argument(
-        "--stop-after-epochs",
-        type=int,
-        metavar="N",
-        help="stop (with a checkpoint) after N epochs of this invocation; --resume continues",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_stopping(p)
     p.set_defaults(run_command=cmd_train)
 
     p = sub.add_parser(
@@ -44,16 +31,25 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "config", nargs="?", help="YAML config of the prior (see configs/); default: a gated PixelCNN"
     )
+    _add_overrides(p, "e.g. --set model.num_layers=8 (data.* come from the run)")
+    p.add_argument("--resume", action="store_true", help="continue RUN/prior from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing RUN/prior")
+    _add_stopping(p)
+    p.set_defaults(run_command=cmd_train_prior)
+
+
+def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.num_layers=8 (data.* come from the run)",
+        help=f"override a config key, {example}",
     )
-    p.add_argument("--resume", action="store_true", help="continue RUN/prior from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="replace an existing RUN/prior")
+
+
+def _add_stopping(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stop-after-epochs",
         type=int,
@@ -61,7 +57,6 @@ def add_parsers(sub: Any) -> None:
         help="stop (with a checkpoint) after N epochs of this invocation; --resume continues",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run_command=cmd_train_prior)
 
 
 def cmd_train(args: argparse.Namespace) -> int | None:

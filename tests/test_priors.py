@@ -208,6 +208,7 @@ def test_latent_metrics_under_a_vamp_prior_give_the_total_kl():
 
 DDP_SCRIPT = textwrap.dedent(
     """
+    import os
     import torch, torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from vaekit import MLPVAE
@@ -227,9 +228,12 @@ DDP_SCRIPT = textwrap.dedent(
         dist.all_gather(grads, p.grad)
         assert grads[0].abs().sum() > 0, name
         assert torch.equal(grads[0], grads[1]), name  # averaged over ranks, pseudo-inputs included
+    open(f"ok{rank}", "w").close()  # a file each: the ranks' stdout lines can interleave
     dist.barrier()
     dist.destroy_process_group()
-    open(f"ok{rank}", "w").close()  # a file each: the ranks' stdout lines can interleave
+    # skip the interpreter's teardown: gloo's threads can abort it ("terminate called without an
+    # active exception") when the peer process is already gone, after everything above has passed
+    os._exit(0)
     """
 )
 

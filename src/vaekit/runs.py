@@ -320,8 +320,8 @@ def encode_codes(run_dir: str | Path, device: torch.device, progress: bool = Tru
     unless the cache already holds the codes of the run's current weights; returns the files."""
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir)
-    checkpoint = _checkpoint(run_dir, "best")
-    weights_sha = codes.fingerprint(checkpoint / "model.safetensors")
+    weights = codes.vq_checkpoint(run_dir)  # the weights whose codes the cache holds (best, else last)
+    checkpoint, weights_sha = weights.parent, codes.fingerprint(weights)
     model = _load_model(checkpoint, device).eval()
     files = []
     for split in _code_splits(cfg):

@@ -13,7 +13,7 @@ import torch
 from common import report, time_call
 
 from vaekit import MLPVAE, ConvVAE, VanillaVAE
-from vaekit.evaluate import auto_chunk
+from vaekit.evaluate import auto_chunk, widest_activation
 from vaekit.losses import LOG_2PI, gaussian_mixture_log_prob
 
 
@@ -65,7 +65,7 @@ def layouts(k: int = 200) -> None:
         for layout in ("NCHW", "channels-last"):
             if layout == "channels-last":
                 model = model.to(memory_format=torch.channels_last)
-            chunk = auto_chunk(x, k)
+            chunk = auto_chunk(x, k, widest_activation(model, x))  # as vaekit evaluate sizes its calls
             t = time_call(lambda m=model, c=chunk: m.log_px(x, num_samples=k, chunk_size=c), repeats=3)
             rate = len(x) * k / (t["median_ms"] / 1000)
             rows.append({"model": name, "layout": layout, "k": k, **t, "samples/s": round(rate)})

@@ -1,8 +1,14 @@
-"""Timing and reporting helpers shared by the benchmarks (not part of the library)."""
+"""Timing and reporting helpers shared by the benchmarks (not part of the library).
+
+This machine is shared and noisy, so contenders are never timed one after the other: ``alternate``
+calls them in turn, round after round, in one process, and only medians and ratios of the same
+sitting are reported.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -28,12 +34,52 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> di
     return {"median_ms": statistics.median(times), "min_ms": min(times)}
 
 
+def alternate(
+    contenders: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+    """Time every contender once per round, in turn, for ``rounds`` rounds after ``warmup`` rounds.
+
+    Returns ``{name: {"median_ms", "min_ms", "times_ms"}}``. Interleaving means a burst of load from
+    elsewhere on the machine hits all contenders alike, so their ratio stays meaningful; the order
+    within a round rotates so no contender always runs right after the same other one.
+    """
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(warmup + rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            contenders[name]()
+            elapsed = (time.perf_counter() - start) * 1000
+            if r >= warmup:
+                times[name].append(elapsed)
+    return {
+        name: {"median_ms": statistics.median(t), "min_ms": min(t), "times_ms": t}
+        for name, t in times.items()
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cpu": cpu_model(),
         "processor": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 

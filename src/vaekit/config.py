@@ -47,7 +47,8 @@ DEFAULT_MODEL: Mapping[str, Any] = types.MappingProxyType(
 )
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 #: Constructor arguments the data section decides; they may not appear in the model section.
 FROM_DATA = ("in_channels", "image_size", "data_dim")
 #: String-valued model arguments with a fixed set of values.
@@ -271,7 +272,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global grad norm; None: off
     beta: float = 1.0  # KL weight β (VAEs)
     kl_warmup_steps: int = 0  # β rises linearly from 0 to beta over these steps
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 where the hardware has it
+    memory_format: str = "auto"  # auto | contiguous | channels_last; auto: channels_last for conv models
     compile: bool = False
     seed: int = 0
     deterministic: bool = False
@@ -287,6 +289,7 @@ class TrainConfig:
         _check_choice(self.optimizer, OPTIMIZERS, "train.optimizer")
         _check_choice(self.schedule, SCHEDULES, "train.schedule")
         _check_choice(self.precision, PRECISIONS, "train.precision")
+        _check_choice(self.memory_format, MEMORY_FORMATS, "train.memory_format")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         lower = {"weight_decay": 0, "warmup_steps": 0, "min_lr": 0, "beta": 0, "kl_warmup_steps": 0}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
@@ -44,13 +46,118 @@ def transpose_output_padding(target: int, source: int, kernel: int, padding: int
 
 def upsampling_conv(
     c_in: int, c_out: int, kernel: int, target: Sequence[int], source: Sequence[int], padding: int = 1
-) -> nn.ConvTranspose2d:
+) -> ConvTranspose2d:
     """A stride-2 transposed conv that maps a ``source`` (h, w) feature map to exactly ``target`` (H, W):
     the decoders' up-sampling step, mirroring a stride-2 conv of the encoder."""
     output_padding = tuple(
         transpose_output_padding(t, s, kernel, padding) for t, s in zip(target, source, strict=True)
     )
-    return nn.ConvTranspose2d(c_in, c_out, kernel, stride=2, padding=padding, output_padding=output_padding)
+    return ConvTranspose2d(c_in, c_out, kernel, stride=2, padding=padding, output_padding=output_padding)
+
+
+#: Feature maps of at most this many positions per example (the conv's output, the transposed
+#: conv's input) are convolved as one matrix product on a CPU (:class:`Conv2d`).
+GEMM_MAX_POSITIONS = 4
+
+
+def _on_cpu_plain(module: nn.Conv2d | nn.ConvTranspose2d, x: Tensor) -> bool:
+    """Whether ``module`` may take the CPU paths of :class:`Conv2d` / :class:`ConvTranspose2d`: a
+    batch of 2-d maps on a CPU, and the plain case (no groups, dilation, padding mode or string padding)."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and module.groups == 1
+        and module.dilation == (1, 1)
+        and module.padding_mode == "zeros"
+        and isinstance(module.padding, tuple)
+    )
+
+
+def _channels_last(weight: Tensor) -> bool:
+    """A 4-d weight stored channels last (``model.to(memory_format=torch.channels_last)``)."""
+    return not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _autocast_operand(param: Tensor, input: Tensor) -> Tensor:
+    """``param`` in the dtype autocast gives a convolution's operands (the parameter itself outside
+    autocast), so the paths below compute in the precision ``nn.Conv2d`` would."""
+    device = input.device.type
+    if torch.is_autocast_enabled(device):
+        return param.to(torch.get_autocast_dtype(device))
+    return param
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same weights, same result up to rounding) that convolves a tiny output map as
+    one matrix product on a CPU.
+
+    oneDNN's direct convolution is slow when the output map has a handful of positions and many
+    channels: the seed's 256 → 512 conv onto 2×2 runs 3× faster forward and backward, fp32 and bf16,
+    as the product ``[B·h·w, C_in·kh·kw] @ [C_in·kh·kw, C_out]`` of the unrolled (im2col) input
+    (benchmarks/cmp_seed_vae.py). Larger maps take oneDNN's path, which wins there.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not _on_cpu_plain(self, input):
+            return super().forward(input)
+        batch, _, height, width = input.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+        if out_h * out_w > GEMM_MAX_POSITIONS:
+            return super().forward(input)
+        weight = _autocast_operand(self.weight, input)
+        x = F.pad(input.to(weight.dtype), (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # [B, H+2p, W+2p, C_in]
+        patches = x.unfold(1, kh, sh).unfold(2, kw, sw)  # [B, h, w, C_in, kh, kw]
+        if _channels_last(weight):  # weight stored [C_out, kh, kw, C_in]: taps before channels
+            patches, weight = patches.permute(0, 1, 2, 4, 5, 3), weight.permute(0, 2, 3, 1)
+        rows = patches.reshape(batch * out_h * out_w, -1)  # [B·h·w, C_in·kh·kw]
+        out = rows @ weight.reshape(self.out_channels, -1).t()  # [B·h·w, C_out]
+        if self.bias is not None:
+            out = out + _autocast_operand(self.bias, input)
+        return out.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)  # [B, C_out, h, w], channels last
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same weights, same result up to rounding) with two CPU paths.
+
+    A tiny input map is up-sampled as one matrix product and a ``fold`` (col2im), as
+    :class:`Conv2d` does. Any other map is convolved without its bias, which is added after: oneDNN
+    derives a transposed conv's bias gradient inside its weight gradient, slowly (the seed's last
+    32 → 32 up-sampling onto 64×64 took 1.7× longer forward and backward with it inside, bf16;
+    1.4× in fp32), where a separate ``+ bias`` costs one pass over the output.
+    """
+
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if output_size is not None or not _on_cpu_plain(self, input):
+            return super().forward(input, output_size)
+        batch, _, height, width = input.shape
+        if height * width <= GEMM_MAX_POSITIONS:
+            out = self._as_product(input)
+        else:
+            out = F.conv_transpose2d(
+                input, self.weight, None, self.stride, self.padding, self.output_padding, self.groups
+            )
+        if self.bias is None:
+            return out
+        return out + _autocast_operand(self.bias, input).view(1, -1, 1, 1)
+
+    def _as_product(self, input: Tensor) -> Tensor:
+        """The transposed conv of a tiny map, without bias: each input position times the weight,
+        ``[B·h·w, C_in] @ [C_in, C_out·kh·kw]``, then the overlapping taps summed into place (fold)."""
+        batch, _, height, width = input.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        out_h = (height - 1) * sh - 2 * ph + kh + self.output_padding[0]
+        out_w = (width - 1) * sw - 2 * pw + kw + self.output_padding[1]
+        weight = _autocast_operand(self.weight, input)  # [C_in, C_out, kh, kw]
+        rows = input.to(weight.dtype).permute(0, 2, 3, 1).reshape(batch * height * width, -1)  # [B·h·w, C_in]
+        if _channels_last(weight):  # weight stored [C_in, kh, kw, C_out]: taps before channels
+            cols = rows @ weight.permute(0, 2, 3, 1).reshape(self.in_channels, -1)  # [B·h·w, kh·kw·C_out]
+            cols = cols.view(batch, height * width, kh * kw, -1).permute(0, 3, 2, 1)  # [B, C_out, kh·kw, h·w]
+        else:
+            cols = rows @ weight.reshape(self.in_channels, -1)  # [B·h·w, C_out·kh·kw]
+            cols = cols.view(batch, height * width, -1).transpose(1, 2)  # [B, C_out·kh·kw, h·w]
+        cols = cols.reshape(batch, -1, height * width)  # [B, C_out·kh·kw, h·w]
+        return F.fold(cols, (out_h, out_w), self.kernel_size, padding=self.padding, stride=self.stride)
 
 
 def check_min_size(model_name: str, height: int, width: int, min_size: int, why: str) -> None:

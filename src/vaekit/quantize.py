@@ -5,8 +5,17 @@ Keeps the semantics of PyTorch-VAE's ``VectorQuantizer`` quoted in the seed docu
 codebook row ``e`` in squared L2 distance, the loss is ``β·mse(sg[e], z) + mse(e, sg[z])`` (element
 means; per example, :func:`vaekit.losses.vq_latent_loss` sums the same terms over one latent map) and
 the output is the straight-through ``z + sg[e − z]``. Unlike the seed, no ``[N, K]``
-one-hot or full ``[N, K]`` distance matrix is built: rows are gathered with ``F.embedding``, counts
+one-hot or full ``[N, K]`` distance matrix is built: codes are gathered with ``index_select``, counts
 come from ``torch.bincount``, sums from ``index_add_``, and the search runs ``chunk_size`` rows at a time.
+
+Speed (benchmarks/cmp_quantizer.py). Forward + backward costs little more than the search's
+``[N, D] @ [D, K]`` matmul. The latent vectors are copied once, as the columns of a ``[D + 1, N]``
+float32 matrix (a plain copy of ``[B, D, H, W]``, no transpose) whose last row is ones, so that one
+matmul per block gives ``||e||² − 2 z·e`` (``||z||²`` is constant in k: it cannot move the argmin and
+only adds rounding). Each block is reduced with ``torch.min`` (on CPU several times faster than
+``argmin``) while it is still in cache. The straight-through output, the loss and their backward are
+one autograd node (:class:`_StraightThrough`) working on ``e − z`` in the same column layout, whose
+backward is one elementwise pass for the encoder and one ``index_add_`` for the codebook.
 
 Buffer initialisation (chosen so the first training step is sensible):
 
@@ -46,9 +55,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from vaekit.errors import VaekitError
-from vaekit.losses import vq_latent_loss
 from vaekit.outputs import NamedOutput
 
 
@@ -71,22 +80,62 @@ def _broadcast_from_rank0(*tensors: Tensor) -> None:
             dist.broadcast(t, src=0)
 
 
-def nearest_rows(flat: Tensor, codebook: Tensor, chunk_size: int) -> Tensor:
-    """``argmin_k ||z_n − e_k||² = argmin_k (||z_n||² + ||e_k||² − 2 z_n·e_k)`` for every row ``z_n``.
+#: Elements of one ``[rows, K]`` search block by default, per CPU thread: 1 MiB of float32, so that
+#: each thread's share of the block stays in its core's cache between the matmul that writes it and
+#: the ``min`` that reads it. Elsewhere (GPU) one block of 64 MiB.
+SEARCH_BLOCK_PER_CPU_THREAD = 2**18
+SEARCH_BLOCK_OTHER = 2**24
 
-    ``flat`` is ``[N, D]``, ``codebook`` ``[K, D]``; returns ``[N]`` long. Computed in float32 (also
-    under autocast), ``chunk_size`` rows at a time, so the extra memory is one ``[chunk_size, K]``
-    block, never ``[N, K]``.
+
+def search_rows(k: int, device: torch.device, chunk_size: int | None = None) -> int:
+    """Rows of one search block: ``chunk_size``, or by default as many as fill the default block."""
+    if chunk_size is not None:
+        return chunk_size
+    if device.type == "cpu":
+        return max(1, SEARCH_BLOCK_PER_CPU_THREAD * torch.get_num_threads() // k)
+    return max(1, SEARCH_BLOCK_OTHER // k)
+
+
+def nearest_rows(flat: Tensor, codebook: Tensor, chunk_size: int | None = None) -> Tensor:
+    """``argmin_k ||z_n − e_k||² = argmin_k (||e_k||² − 2 z_n·e_k)`` for every row ``z_n``.
+
+    ``||z_n||²`` is the same for every k, so it is left out of the search. ``flat`` is ``[N, D]``,
+    ``codebook`` ``[K, D]``; returns ``[N]`` long, the first index among exact ties. Computed in
+    float32 (also under autocast), ``chunk_size`` rows at a time (default :func:`search_rows`), so
+    the extra memory is one ``[chunk_size, K]`` block, never ``[N, K]``.
     """
-    with torch.no_grad(), torch.autocast(device_type=flat.device.type, enabled=False):
+    return _nearest_columns(_columns(flat.detach().T), codebook, chunk_size)
+
+
+def _columns(vectors: Tensor) -> Tensor:
+    """``[D, *rest]`` (vectors along dim 0, any dtype and strides) -> ``[D + 1, N]`` float32, the
+    vectors as columns in the order of ``rest`` over a row of ones; one copy."""
+    d = vectors.shape[0]
+    out = vectors.new_empty((d + 1, vectors[0].numel()), dtype=torch.float32)
+    out[:d].view(vectors.shape).copy_(vectors)
+    out[d].fill_(1.0)
+    return out
+
+
+def _nearest_columns(columns: Tensor, codebook: Tensor, chunk_size: int | None = None) -> Tensor:
+    """:func:`nearest_rows` of the vectors ``columns[:D]`` (``[D + 1, N]`` float32, last row ones).
+
+    Each block of C vectors is one matmul ``[z, 1] @ [−2e, ||e||²]ᵀ`` (``[C, K]``, written in cache)
+    and one ``torch.min`` over it (on CPU several times faster than ``argmin``).
+    """
+    n, k = columns.shape[1], codebook.shape[0]
+    rows = max(1, min(search_rows(k, columns.device, chunk_size), n))
+    with torch.no_grad(), torch.autocast(device_type=columns.device.type, enabled=False):
         codes = codebook.detach().float()  # [K, D]
-        code_sq = codes.pow(2).sum(1)  # [K]
-        out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)  # [N]
-        for start in range(0, flat.shape[0], chunk_size):
-            z = flat[start : start + chunk_size].detach().float()  # [C, D]
-            dist_sq = torch.addmm(code_sq, z, codes.T, alpha=-2.0)  # [C, K]: ||e||² − 2 z·e
-            dist_sq.add_(z.pow(2).sum(1, keepdim=True))  # [C, K]: + ||z||²
-            out[start : start + chunk_size] = dist_sq.argmin(1)
+        # [D + 1, K]: −2e (exact: a power of two) above ||e||²
+        scores_by = torch.cat([codes.T.mul(-2.0), codes.square().sum(1)[None]])
+        block = columns.new_empty(rows, k)  # [C, K]
+        values = columns.new_empty(rows)  # [C]
+        out = torch.empty(n, dtype=torch.long, device=columns.device)  # [N]
+        for start in range(0, n, rows):
+            c = min(rows, n - start)
+            torch.mm(columns[:, start : start + c].T, scores_by, out=block[:c])  # [C, K]: ||e||² − 2 z·e
+            torch.min(block[:c], 1, out=(values[:c], out[start : start + c]))
     return out
 
 
@@ -99,7 +148,7 @@ def perplexity(counts: Tensor) -> Tensor:
     return torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum())
 
 
-def kmeans(flat: Tensor, k: int, iters: int, chunk_size: int) -> Tensor:
+def kmeans(flat: Tensor, k: int, iters: int, chunk_size: int | None = None) -> Tensor:
     """Lloyd's k-means on ``flat`` ``[N, D]``; returns ``k`` centres ``[k, D]`` (float32).
 
     Seeds are sampled from the batch by k-means++ (``c_1`` uniform, then ``c_j`` with probability
@@ -138,6 +187,68 @@ class QuantizerOutput(NamedOutput):
     _extras = ("indices", "perplexity", "usage", "loss_per_example")
 
 
+class _StraightThrough(torch.autograd.Function):
+    """``(z + sg[e − z], vq_latent_loss(z, e))`` and their gradients as one autograd node.
+
+    Forward: ``latents`` ``[B, D, H, W]``, ``columns`` = the same values ``[D, N]`` in float32
+    (column n = position (b, h, w)), ``indices`` ``[N]``; returns the straight-through output
+    ``[B, D, H, W]`` and the per-example loss ``[B]``: ``(1 + β)·Σ_map ||z − e||²``, or
+    ``β·Σ_map ||z − e||²`` without the codebook term. Backward, with ``g_b`` the loss gradient of
+    example b: ``∂/∂z = g_out − 2β g_b (e − z)`` and, with the codebook term, ``∂/∂e_k =
+    Σ_{n: a_n = k} 2 g_b (e_k − z_n)``: :func:`vaekit.losses.vq_latent_loss`'s gradients, from
+    ``e − z`` kept from the forward pass. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, latents, weight, columns, indices, beta, codebook_term):
+        ctx.set_materialize_grads(False)
+        b, d, h, w = latents.shape
+        # [D, N]: the codes, column by column, as the seed rounds them to the latents' dtype
+        quantized = torch.index_select(weight.detach().T.contiguous(), 1, indices).to(latents.dtype)
+        into = torch.empty_like(latents, memory_format=torch.contiguous_format)  # [B, D, H, W]
+        if quantized.dtype == torch.float32:
+            diff = quantized.sub_(columns)  # [D, N]: e − z, in place
+            out = torch.add(latents, diff.view(d, b, h, w).transpose(0, 1), out=into)  # z + (e − z)
+        else:  # the step e − z in the latents' dtype, as the seed rounds it; the loss in float32
+            out = torch.add(latents, quantized.view(d, b, h, w).transpose(0, 1) - latents, out=into)
+            diff = quantized.float() - columns  # [D, N]
+        per_map = diff.view(d, b, h * w)  # [D, B, H·W]
+        loss = torch.linalg.vecdot(per_map, per_map).sum(0)  # [B]: Σ_map ||z − e||²
+        loss = loss * ((1.0 + beta) if codebook_term else beta)
+        ctx.save_for_backward(diff, indices)
+        ctx.beta, ctx.codebook_term, ctx.shape = beta, codebook_term, (b, d, h, w)
+        ctx.latents_dtype, ctx.weight_dtype, ctx.num_codes = latents.dtype, weight.dtype, weight.shape[0]
+        return out, loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_loss):
+        if grad_loss is None:  # only the straight-through output was used
+            return grad_out, None, None, None, None, None
+        diff, indices = ctx.saved_tensors  # [D, N] float32: e − z; [N]
+        b, d, h, w = ctx.shape
+        scale = 2.0 * grad_loss.float()  # [B]: 2 g_b
+        grad_latents = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            step = diff.view(d, b, h, w).transpose(0, 1)  # [B, D, H, W]
+            coeff = (-ctx.beta * scale).view(b, 1, 1, 1)  # [B, 1, 1, 1]: −2β g_b
+            into = torch.empty((b, d, h, w), dtype=torch.float32, device=diff.device)
+            if grad_out is not None and grad_out.dtype == torch.float32:
+                grad_latents = torch.addcmul(grad_out, step, coeff, out=into)
+            else:
+                grad_latents = torch.mul(step, coeff, out=into).to(ctx.latents_dtype)
+                grad_latents = grad_latents if grad_out is None else grad_out + grad_latents
+        if ctx.codebook_term and ctx.needs_input_grad[1]:
+            grad_t = diff.new_zeros(d, ctx.num_codes)  # [D, K]: Σ_{a_n = k} 2 g_b (e_k − z_n)
+            uniform = diff.device.type == "cpu" and b > 0 and bool((scale == scale[0]).all())
+            if uniform:  # one g_b for all examples (the loss was a mean): scale the [D, K] sums
+                grad_t.index_add_(1, indices, diff).mul_(scale[0])
+            else:
+                grad_t.index_add_(1, indices, (diff.view(d, b, h * w) * scale[:, None]).view(d, -1))
+            grad_weight = grad_t.T.to(ctx.weight_dtype, memory_format=torch.contiguous_format)
+        return grad_latents, grad_weight, None, None, None, None
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour codebook of ``K`` vectors of size ``D`` with a straight-through gradient.
 
@@ -160,11 +271,11 @@ class VectorQuantizer(nn.Module):
         restart_dead_codes: bool = False,
         dead_code_threshold: float = 1e-3,
         dead_code_window: int | None = 100,
-        chunk_size: int = 8192,
+        chunk_size: int | None = None,
     ) -> None:
         """Codebook ``e ~ U(−1/K, 1/K)`` of shape ``[K, D]``; see the module docstring for buffers."""
         super().__init__()
-        if num_embeddings < 1 or embedding_dim < 1 or chunk_size < 1:
+        if num_embeddings < 1 or embedding_dim < 1 or (chunk_size is not None and chunk_size < 1):
             raise VaekitError(
                 "num_embeddings, embedding_dim and chunk_size must be positive; got "
                 f"{num_embeddings}, {embedding_dim}, {chunk_size}"
@@ -216,22 +327,25 @@ class VectorQuantizer(nn.Module):
                 f"VectorQuantizer expects latents of shape [B, {self.D}, H, W] (B, D, H, W); "
                 f"got shape {list(latents.shape)}"
             )
-        z = latents.permute(0, 2, 3, 1).contiguous()  # [B, H, W, D]
-        b, h, w, _ = z.shape
-        flat = z.view(-1, self.D)  # [N, D]
+        b, _, h, w = latents.shape
+        # [D + 1, N]: the latent vectors as columns in float32 (column n = position (b, h, w)) over a
+        # row of ones for the search; flat = the same vectors as rows, [N, D] (a view)
+        columns = _columns(latents.detach().transpose(0, 1))  # [D + 1, N]
+        flat = columns[: self.D].T
         if self.training and self.kmeans_init and not bool(self.initialized):
             self._kmeans_init(flat)
-        indices = self.nearest_codes(flat)  # [N]
-        quantized = F.embedding(indices, self.embedding.weight).view(b, h, w, self.D).to(z.dtype)  # [B,H,W,D]
-        # [B]: Σ over one latent map, in float32 also under autocast
-        loss_per_example = vq_latent_loss(z.float(), quantized.float(), self.beta, not self.ema)
+        indices = _nearest_columns(columns, self.embedding.weight, self.chunk_size)  # [N]
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            # [B, D, H, W] and [B] (vq_latent_loss, Σ over one latent map, in float32)
+            out, loss_per_example = _StraightThrough.apply(
+                latents, self.embedding.weight, columns[: self.D], indices, self.beta, not self.ema
+            )
         loss = loss_per_example.mean() / (h * w * self.D)  # the seed's element mean (β·mse + mse)
         usage = torch.bincount(indices, minlength=self.K).float()  # [K]
         if self.training:
             self._update_codebook(flat, indices, usage)
-        out = z + (quantized - z).detach()  # [B, H, W, D], gradient d out / d z = identity
         return QuantizerOutput(
-            out.permute(0, 3, 1, 2).contiguous(),  # [B, D, H, W]
+            out,
             loss,
             indices=indices.view(b, h, w),
             perplexity=perplexity(usage),
@@ -267,8 +381,12 @@ class VectorQuantizer(nn.Module):
         """
         d = self.decay
         if self.ema:
-            sums = torch.zeros(self.K, self.D, device=flat.device)  # [K, D]
-            sums.index_add_(0, indices, flat.float())  # [K, D]: s_k = Σ_{a_n = k} z_n
+            zeros = torch.zeros(self.K, self.D, device=flat.device)  # [K, D]
+            if flat.T.is_contiguous():  # the vectors kept as columns, as forward keeps them
+                sums = zeros.T.index_add_(1, indices, flat.T.float()).T
+            else:
+                sums = zeros.index_add_(0, indices, flat.float())
+            # sums: [K, D], s_k = Σ_{a_n = k} z_n
             stats = _all_reduce_sum(torch.cat([counts[:, None], sums], 1))  # [K, 1 + D]
             counts, sums = stats[:, 0], stats[:, 1:]  # [K], [K, D]
             self.ema_cluster_size.mul_(d).add_(counts, alpha=1 - d)

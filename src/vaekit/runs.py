@@ -202,6 +202,9 @@ def finalize_run(
     (and a new report), and the prior's report shows them too.
     """
     which = "best" if progress.get("selection_split") == "valid" else "last"
+    # the settings training decided (train.precision / memory_format "auto"), as its config.yaml says
+    decided = {key: progress[key] for key in ("precision", "memory_format") if key in progress}
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **decided))
     _, model = load_run(run_dir, which, map_location=device)
     train_data, test_data = (
         load_split(cfg.data, cfg.data.train_split),
@@ -221,6 +224,8 @@ def finalize_run(
         "wall_time_s": round(progress["wall_time"], 2),
         "images_per_s": round(progress["epoch"] * len(train_data) / max(progress["wall_time"], 1e-9), 1),
         "device": str(device),
+        "precision": cfg.train.precision,
+        "memory_format": cfg.train.memory_format,
     }
     if "ELBO" in test_terms:
         metrics["test_elbo_nats"] = test_terms["ELBO"]

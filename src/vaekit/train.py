@@ -18,9 +18,11 @@ logs every term that returns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,6 +92,70 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` computes bf16 in hardware (not emulated), and what says so.
+
+    CUDA: compute capability 8.0 or newer (``torch.cuda.is_bf16_supported`` without emulation). CPU:
+    the AVX512-BF16 or AMX-BF16 instructions, from ``torch.cpu.get_capabilities()`` (or the kernel's
+    flags in ``/proc/cpuinfo`` where torch does not report them). Anything else: no.
+    """
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        return ok, f"{torch.cuda.get_device_name(device)} {'has' if ok else 'lacks'} bf16 tensor cores"
+    if device.type != "cpu":
+        return False, f"bf16 support on {device.type} is not checked"
+    flags = _cpu_flags()
+    names = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
+    found = [name for flag, name in names.items() if flag in flags]
+    if found:
+        return True, f"CPU has {' and '.join(found)}"
+    return False, "CPU has no AVX512-BF16 or AMX-BF16"
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags that are set, as torch reports them, else from /proc/cpuinfo."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is not None:
+        return {name for name, value in get_capabilities().items() if value is True}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def has_2d_convolutions(model: nn.Module) -> bool:
+    """Whether ``model`` has 2-d convolutions: the layers whose speed depends on the memory format."""
+    return any(isinstance(m, nn.Conv2d | nn.ConvTranspose2d) for m in model.modules())
+
+
+def resolve_speed_settings(t: TrainConfig, device: torch.device, model: nn.Module) -> tuple[TrainConfig, str]:
+    """``t`` with ``precision`` and ``memory_format`` decided (never ``auto``), and a line saying which.
+
+    ``precision: auto`` is bf16 autocast where the device computes bf16 natively (:func:`native_bf16`),
+    else fp32. ``memory_format: auto`` is channels_last for a model with 2-d convolutions on a CPU
+    (oneDNN's fastest layout, fp32 and bf16: benchmarks/bench_train.py) or under bf16 on CUDA (tensor-core
+    convolutions are NHWC), else contiguous. Neither changes the model or the objective: bf16 rounds
+    the forward pass (the loss is computed in float32), channels_last only reorders memory. A run saves
+    the decided values in its config.yaml, so a resume uses the same ones.
+    """
+    precision, why = t.precision, "as configured"
+    if precision == "auto":
+        native, why = native_bf16(device)
+        precision = "bf16" if native else "fp32"
+    memory_format, layout_why = t.memory_format, "as configured"
+    if memory_format == "auto":
+        convs = has_2d_convolutions(model)
+        fast = convs and (device.type == "cpu" or (device.type == "cuda" and precision == "bf16"))
+        memory_format = "channels_last" if fast else "contiguous"
+        layout_why = f"{'' if convs else 'no '}conv layers on {device.type}"
+    line = (
+        f"precision: {'bf16 autocast' if precision == 'bf16' else 'fp32'} ({why}), "
+        f"memory format: {memory_format} ({layout_why})"
+    )
+    return dataclasses.replace(t, precision=precision, memory_format=memory_format), line
+
+
 @dataclass
 class _Session:
     """What one invocation of :func:`train` works with, built by :func:`_setup`."""
@@ -103,6 +169,8 @@ class _Session:
     test_data: ImageData
     valid_data: ImageData | None
     total_steps: int
+    memory_format: torch.memory_format = torch.contiguous_format  # of the model's weights and inputs
+    settings: str = ""  # the line saying which precision and memory format this run uses
     forward: Callable[..., Any] | None = None  # the model, wrapped by DDP and/or torch.compile
     log: MetricsLog | None = None
     images_seen: int = 0  # by all ranks, in this invocation
@@ -134,6 +202,8 @@ def train(
     run = _setup(cfg)
     if on_start is not None:
         on_start()
+    if run.dist.is_main:
+        print(f"vaekit: {run.settings}", file=sys.stderr)
     out_dir = Path(out_dir)
     run.out_dir, run.stop = out_dir, StopRequest()
     # the stack closes the metrics log, then a failed fresh run is removed
@@ -167,6 +237,7 @@ def train(
     run.dist.barrier()
     selection = "valid" if run.valid_data is not None else "test"
     result = state | {"images_seen_this_run": run.images_seen, "selection_split": selection}
+    result |= {"precision": run.cfg.train.precision, "memory_format": run.cfg.train.memory_format}
     if run.stopped_by is not None:
         result["interrupted"] = run.stopped_by
     return result
@@ -195,6 +266,10 @@ def _setup(cfg: Config) -> _Session:
         raise ConfigError(f"model: {err} (data shape {list(train_data.shape)})") from None
     if dist.world_size > 1 and t.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must divide by the {dist.world_size} processes")
+    t, settings = resolve_speed_settings(t, dist.device, model)  # saved in config.yaml: a resume keeps them
+    cfg = dataclasses.replace(cfg, train=t)
+    memory_format = torch.channels_last if t.memory_format == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     loader = make_loader(
         train_data,
         t.batch_size // dist.world_size,
@@ -213,7 +288,9 @@ def _setup(cfg: Config) -> _Session:
     optimizer = optimizer_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     total_steps = t.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t, total_steps))
-    return _Session(cfg, dist, model, loader, optimizer, scheduler, test_data, valid_data, total_steps)
+    session = _Session(cfg, dist, model, loader, optimizer, scheduler, test_data, valid_data, total_steps)
+    session.memory_format, session.settings = memory_format, settings
+    return session
 
 
 def _start(run: _Session, out_dir: Path, resume: bool) -> dict[str, Any]:
@@ -229,6 +306,7 @@ def _start(run: _Session, out_dir: Path, resume: bool) -> dict[str, Any]:
     if resume:
         last = out_dir / "checkpoints" / "last"
         state = load_training_checkpoint(last, run.model, run.optimizer, run.scheduler)
+        _state_in_parameter_layout(run.optimizer)
         run.saved_step = state["step"]
         if run.dist.is_main:  # only now: `--set` on a resume that does not fit leaves config.yaml as it was
             with writing(out_dir):
@@ -252,6 +330,22 @@ def _start(run: _Session, out_dir: Path, resume: bool) -> dict[str, Any]:
     return state
 
 
+def _state_in_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Put each optimizer state tensor shaped like its parameter into the parameter's memory layout.
+
+    A checkpoint stores tensors contiguous, while a channels-last model's weights are not; torch's
+    fused Adam on a CPU (2.13) walks parameter, gradient and moments as flat memory, so mismatched
+    layouts would pair each weight with another weight's moments. Autograd already gives gradients
+    the parameter's layout.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _train_epoch(run: _Session, epoch: int, state: dict[str, Any], progress: bool) -> bool:
     """One pass over this rank's share of the training split (the rest of it, for a run resumed
     mid-epoch), logging every ``log_every`` steps and checkpointing every ``checkpoint_every_steps``.
@@ -269,6 +363,8 @@ def _train_epoch(run: _Session, epoch: int, state: dict[str, Any], progress: boo
     window_start, window_images = time.perf_counter(), 0
     for x, labels in bar:
         x = x.to(dist.device, non_blocking=True)
+        if x.dim() == 4:  # images (a prior's code maps are [B, H, W])
+            x = x.contiguous(memory_format=run.memory_format)
         labels = labels.to(dist.device, non_blocking=True) if labels is not None else None
         beta = kl_weight(t, state["step"])
         lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it after)

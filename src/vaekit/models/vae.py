@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from vaekit.models.base import capture_config, check_input, image_shape
 from vaekit.models.gaussian import GaussianLatentVAE
 from vaekit.models.likelihood import DecoderLikelihood
+from vaekit.nn import Conv2d, check_min_size, halving_sizes, mlp, upsampling_conv
 from vaekit.nn import activation as make_activation
-from vaekit.nn import check_min_size, halving_sizes, mlp, upsampling_conv
 
 
 def _min_size_for(num_layers: int) -> int:
@@ -65,7 +65,7 @@ class VanillaVAE(GaussianLatentVAE):
         for h_dim in hidden_dims:
             stages.append(
                 nn.Sequential(
-                    nn.Conv2d(c_in, h_dim, kernel_size=3, stride=2, padding=1),
+                    Conv2d(c_in, h_dim, kernel_size=3, stride=2, padding=1),
                     nn.BatchNorm2d(h_dim),
                     nn.LeakyReLU(),
                 )

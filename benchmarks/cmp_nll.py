@@ -1,0 +1,205 @@
+"""Importance-sampled log p(x) against the machine's matrix-multiply rate.
+
+How close does ``vaekit evaluate --iw-samples 5000`` come to what this machine can compute? For
+each model this counts the FLOPs of one importance sample (the convolutions and matrix products of
+the decoder and of the prior and proposal terms, counted by ``torch.utils.flop_counter``; the
+encoder runs once per image and is counted apart), times :func:`vaekit.evaluate.likelihood_metrics`
+— the evaluator's own path, conv models in channels-last as ``vaekit evaluate`` puts them — on a
+subset, and compares the rate with the best fp32 matrix product of the same sitting::
+
+    python benchmarks/cmp_nll.py [--quick]
+
+Models: the exemplar-fashion MLP VAE (2×300, 40 latents), its ``ConvVAE`` and the default job's
+``VanillaVAE`` [32, 64, 128] (16 latents), all 28×28 Bernoulli, random weights (the cost does not
+depend on them). The matmul contenders and the log p(x) calls are timed in turn, round after round
+(``common.alternate``), so load from elsewhere hits them alike. Extrapolated minutes are for the
+exemplar protocol: 10,000 test images × k = 5000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from common import alternate, machine, report
+from torch.utils.flop_counter import FlopCounterMode
+
+from vaekit import MLPVAE, ConvVAE, VanillaVAE
+from vaekit.evaluate import auto_chunk, likelihood_metrics, widest_activation
+from vaekit.models import AutoEncoder
+
+PROTOCOL_IMAGES, PROTOCOL_K = 10_000, 5000
+
+#: Matrix products whose rate is measured: the MLP decoder's calls at the evaluator's chunk, and
+#: square ones (the machine's best case).
+MATMUL_SIZES = [(1000, 300, 784), (1000, 300, 300), (4000, 300, 784), (1024, 1024, 1024)]
+
+
+def models() -> dict[str, AutoEncoder]:
+    torch.manual_seed(0)
+    return {
+        "MLP VAE 2×300, 40 latents (exemplar-fashion)": MLPVAE(1, 40, hidden_dims=[300, 300], image_size=28),
+        "ConvVAE [16, 32], 300 neck (exemplar-fashion)": ConvVAE(1, 40, hidden_dims=[16, 32], image_size=28),
+        "VanillaVAE [32, 64, 128], 16 latents (default job)": VanillaVAE(
+            1, 16, hidden_dims=[32, 64, 128], image_size=28, likelihood="bernoulli"
+        ),
+    }
+
+
+def matmul_contender(m: int, k: int, n: int, dtype: torch.dtype) -> tuple[Callable[[], object], float]:
+    """A call doing about 2 GFLOP of ``[m, k] @ [k, n]`` products, and its FLOPs."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    out = torch.empty(m, n, dtype=dtype)
+    reps = max(1, round(2e9 / (2 * m * k * n)))
+
+    def call() -> None:
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+
+    return call, 2.0 * m * k * n * reps
+
+
+@torch.no_grad()
+def flops_per_sample(model: AutoEncoder, x: torch.Tensor) -> tuple[float, float]:
+    """(FLOPs of one importance sample, FLOPs of encoding one image) of ``model.log_px``: counted at
+    two values of k, the difference is the per-sample part."""
+    counts = []
+    for k in (4, 8):
+        with FlopCounterMode(display=False) as counter:
+            model.log_px(x, k, k)
+        counts.append(counter.get_total_flops())
+    per_sample = (counts[1] - counts[0]) / (4 * len(x))
+    per_image = counts[0] / len(x) - 4 * per_sample
+    return per_sample, per_image
+
+
+def sitting(
+    threads: int, ks: list[int], rounds: int, x: torch.Tensor
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One alternated sitting at ``threads`` intra-op threads: the table rows, and the metrics."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        contenders: dict[str, Callable[[], object]] = {}
+        flop_of: dict[str, float] = {}
+        for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            for m, k, n in MATMUL_SIZES:
+                name = f"matmul {label} [{m}, {k}] @ [{k}, {n}]"
+                contenders[name], flop_of[name] = matmul_contender(m, k, n, dtype)
+        rows_in: list[tuple[str, AutoEncoder, int, float, float]] = []
+        for (name, model), k in zip(models().items(), ks, strict=True):
+            model = model.eval().to(memory_format=torch.channels_last)  # as vaekit.runs.evaluate_run
+            per_sample, per_image = flops_per_sample(model, x[:10])
+            rows_in.append((name, model, k, per_sample, per_image))
+            contenders[name] = lambda m=model, k=k: likelihood_metrics(m, [x], iw_samples=k, seed=0)
+        times = alternate(contenders, rounds=rounds, warmup=1)
+    finally:
+        torch.set_num_threads(previous)
+
+    rates = {name: flop_of[name] / (times[name]["median_ms"] / 1000) for name in flop_of}
+    peak = max(rate for name, rate in rates.items() if "fp32" in name)
+    peak_bf16 = max(rate for name, rate in rates.items() if "bf16" in name)
+    rows: list[dict[str, Any]] = []
+    for name, rate in rates.items():
+        rows.append(
+            {"threads": threads, "what": name, "GFLOP/s": rate / 1e9, "fraction of fp32 peak": rate / peak}
+        )
+    ratios: dict[str, float] = {}
+    minutes_of: dict[str, float] = {}
+    for name, model, k, per_sample, per_image in rows_in:
+        seconds = times[name]["median_ms"] / 1000
+        samples = len(x) * k
+        achieved = (samples * per_sample + len(x) * per_image) / seconds
+        minutes = (PROTOCOL_IMAGES * PROTOCOL_K / samples) * seconds / 60
+        at_peak = PROTOCOL_IMAGES * (PROTOCOL_K * per_sample + per_image) / peak / 60
+        ratios[name], minutes_of[name] = minutes / at_peak, minutes
+        rows.append(
+            {
+                "threads": threads,
+                "what": f"log p(x), {name}",
+                "k": k,
+                "chunk": auto_chunk(x, k, widest_activation(model, x)),
+                "MFLOP/sample": per_sample / 1e6,
+                "MFLOP/image (encoder)": per_image / 1e6,
+                "samples/s": samples / seconds,
+                "GFLOP/s": achieved / 1e9,
+                "fraction of fp32 peak": achieved / peak,
+                "minutes, 10k × k=5000": minutes,
+                "minutes at peak": at_peak,
+            }
+        )
+    mlp, *convs = list(ratios)
+    metrics = {
+        "matmul_peak_gflops": peak / 1e9,
+        "matmul_peak_bf16_gflops": peak_bf16 / 1e9,
+        "nll_fraction_of_matmul_peak": 1.0 / ratios[mlp],
+        "nll_conv_flop_cost_ratio": max(ratios[name] for name in convs),
+        "nll_minutes_mlp": minutes_of[mlp],
+        **{
+            f"nll_flop_cost_ratio_{key}": ratios[name]
+            for key, name in zip(("mlp", "conv_vae", "vanilla_vae"), ratios, strict=True)
+        },
+    }
+    return rows, metrics
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    """The rows and metrics (see the module docstring); quick: fewer samples and rounds.
+
+    Two sittings: torch's default thread count (what ``vaekit evaluate`` runs with; the headline
+    metrics) and one thread (suffixed ``_1thread``). On a machine shared with other jobs, every
+    multi-threaded op waits for its threads to be scheduled, which punishes many small ops far more
+    than a few large matmuls; the one-thread ratios are then the better guide to a quiet machine.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.rand(100, 1, 28, 28, generator=gen), generator=gen)
+    # importance samples per image in the timed call: each call is ~0.2-2 s on a quiet machine
+    ks = [200, 50, 20] if quick else [600, 120, 30]
+    rounds = 2 if quick else 3
+    threads = torch.get_num_threads()
+    rows, metrics = sitting(threads, ks, rounds, x)
+    if threads > 1:
+        rows_1, metrics_1 = sitting(1, [k // 2 for k in ks], rounds, x)
+        rows += rows_1
+        metrics |= {f"{key}_1thread": value for key, value in metrics_1.items()}
+    metrics["threads"] = threads
+    metrics["load_average_1min"] = os.getloadavg()[0]
+    return {
+        "title": "Importance-sampled log p(x) against the machine's fp32 matmul rate",
+        "fair": "the evaluator's own likelihood_metrics (k samples of 100 binarized 28×28 images, the "
+        "evaluator's chunking, conv models channels-last as vaekit evaluate runs them) alternated "
+        "round by round with torch.mm calls of ~2 GFLOP in the same process and threads, at the "
+        "default thread count and at one thread; FLOPs counted by torch.utils.flop_counter "
+        "(matmuls and convolutions only)",
+        "columns": [
+            "threads",
+            "what",
+            "k",
+            "chunk",
+            "MFLOP/sample",
+            "MFLOP/image (encoder)",
+            "samples/s",
+            "GFLOP/s",
+            "fraction of fp32 peak",
+            "minutes, 10k × k=5000",
+            "minutes at peak",
+        ],
+        "rows": rows,
+        "metrics": metrics,
+        "machine": machine(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    result = measure(parser.parse_args().quick)
+    report("cmp_nll", result["rows"], result["columns"])
+    print({key: round(value, 4) for key, value in result["metrics"].items()})
+
+
+if __name__ == "__main__":
+    main()

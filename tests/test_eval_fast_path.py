@@ -1,0 +1,118 @@
+"""The evaluator's fast path for log p(x): BatchNorm folded into convolutions, calls sized by the
+widest activation, and a VQ-VAE's bound scored once — each the same numbers as the plain path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vaekit import MLPVAE, VQVAE, ConvVAE, VanillaVAE
+from vaekit.evaluate import (
+    ACTIVATION_BUDGET,
+    auto_chunk,
+    fold_batchnorm,
+    likelihood_metrics,
+    widest_activation,
+)
+from vaekit.models import GatedPixelCNN
+
+
+def _vanilla_with_statistics() -> VanillaVAE:
+    """A VanillaVAE whose BatchNorms hold non-trivial running statistics and affine weights."""
+    torch.manual_seed(0)
+    model = VanillaVAE(1, 4, hidden_dims=[8, 16], image_size=12, likelihood="bernoulli")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.3, 3.0)
+                m.weight.normal_(1, 0.3)
+                m.bias.normal_(0, 0.3)
+    return model.eval()
+
+
+def test_folding_batchnorm_keeps_the_function_and_the_original():
+    model = _vanilla_with_statistics()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 4  # 2 encoder, 2 decoder
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.rand(5, 1, 12, 12)
+    z = torch.randn(5, 4)
+    with torch.no_grad():
+        for a, b in zip(model.encode(x), folded.encode(x), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(folded.decode(z), model.decode(z), rtol=1e-5, atol=1e-5)
+    # the check can fail: folding with the wrong axis for the transposed convolutions changes it
+    wrong = fold_batchnorm(model)
+    with torch.no_grad():
+        for m in wrong.modules():
+            if isinstance(m, torch.nn.ConvTranspose2d):
+                m.weight.mul_(torch.linspace(0.5, 1.5, m.weight.shape[0]).view(-1, 1, 1, 1))
+        assert not torch.allclose(wrong.decode(z), model.decode(z), rtol=1e-3, atol=1e-3)
+
+
+def test_the_fast_path_gives_the_plain_estimate():
+    """likelihood_metrics (folded copy, inference mode, its own chunk) against log_px of the model
+    as it is, with the same seed and chunk: the same draws, so equal up to float rounding."""
+    model = _vanilla_with_statistics()
+    x = torch.bernoulli(torch.rand(6, 1, 12, 12, generator=torch.Generator().manual_seed(1)))
+    k = 40
+    chunk = auto_chunk(x, k, widest_activation(model, x))
+    res = likelihood_metrics(model, [x], iw_samples=k, seed=3)
+    assert res["chunk_size"] == chunk
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(3)
+        log_px, stderr = model.log_px(x, k, chunk)
+        elbo = model.elbo(x)
+    assert res["nll_nats"] == pytest.approx(float(-log_px.double().mean()), abs=1e-4)
+    assert res["elbo_nats"] == pytest.approx(float(elbo.double().mean()), abs=1e-4)
+    assert res["nll_stderr"] == pytest.approx(float(stderr.double().pow(2).sum().sqrt() / 6), rel=1e-3)
+    assert res["nll_stderr"] > 1e-4  # the tolerance above is far below the Monte-Carlo error
+
+
+@pytest.mark.parametrize(
+    ("model", "widest"),
+    [
+        (MLPVAE(1, 8, hidden_dims=[20], image_size=12), 144),  # the output image
+        (ConvVAE(1, 8, hidden_dims=[4, 6], fc_dim=50, image_size=12), 4 * 6 * 6),  # the first conv's map
+        (VanillaVAE(1, 4, hidden_dims=[8, 16], image_size=12), 8 * 12 * 12),  # the last transposed conv
+        (MLPVAE(1, 8, hidden_dims=[30], image_size=12, prior="vamp", num_pseudo_inputs=50), 144),
+    ],
+)
+def test_calls_are_sized_by_the_widest_activation_of_one_sample(model, widest):
+    x = torch.rand(10, 1, 12, 12)
+    state = torch.random.get_rng_state()
+    assert widest_activation(model.eval(), x) == widest  # the VampPrior's [50, 30] is not per sample
+    assert torch.equal(torch.random.get_rng_state(), state)  # the probe leaves the RNG alone
+    chunk = auto_chunk(x, 10**9, widest)
+    assert chunk * len(x) * widest <= ACTIVATION_BUDGET["cpu"] < (chunk + 1) * len(x) * widest
+    assert auto_chunk(x, 7, widest) == 7
+
+
+def test_a_vq_vae_bound_is_scored_once_per_batch():
+    torch.manual_seed(0)
+    vq = VQVAE(1, 4, 8, hidden_dims=[8], image_size=8, num_residual_layers=1, sigma=0.5).eval()
+    prior = GatedPixelCNN(image_size=4, num_embeddings=8, hidden_channels=8, num_layers=2)
+    vq.attach_prior(prior)
+    calls = []
+    original = GatedPixelCNN.log_prob
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[0].shape[0])
+        return original(self, *args, **kwargs)
+
+    x = torch.rand(6, 1, 8, 8) * 2 - 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GatedPixelCNN, "log_prob", counted)
+        res = likelihood_metrics(vq, x.split(3), iw_samples=50)
+    assert calls == [3, 3]  # once per batch (it was three times: log_px, elbo, and codebook metrics)
+    with torch.no_grad():
+        bound = vq.elbo(x).double().mean()
+        log_px, stderr = vq.log_px(x, 50)
+    # the shortcut holds only while log_px is the bound itself
+    assert torch.equal(log_px, vq.elbo(x).detach()) and not stderr.any()
+    assert res["elbo_nats"] == pytest.approx(float(bound), rel=1e-6)
+    assert res["nll_nats"] == pytest.approx(-float(bound), rel=1e-6)
+    assert res["nll_stderr"] == 0.0

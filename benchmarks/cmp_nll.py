@@ -28,7 +28,7 @@ from common import alternate, machine, report
 from torch.utils.flop_counter import FlopCounterMode
 
 from vaekit import MLPVAE, ConvVAE, VanillaVAE
-from vaekit.evaluate import auto_chunk, likelihood_metrics, widest_activation
+from vaekit.evaluate import auto_chunk, fold_batchnorm, likelihood_metrics, widest_activation
 from vaekit.models import AutoEncoder
 
 PROTOCOL_IMAGES, PROTOCOL_K = 10_000, 5000
@@ -76,6 +76,14 @@ def flops_per_sample(model: AutoEncoder, x: torch.Tensor) -> tuple[float, float]
     return per_sample, per_image
 
 
+@torch.inference_mode()
+def _score(model: AutoEncoder, x: torch.Tensor, k: int, chunk: int) -> None:
+    """What :func:`likelihood_metrics` computes for one batch, on an already prepared model."""
+    torch.manual_seed(0)
+    model.log_px(x, k, chunk)
+    model.elbo(x)
+
+
 def sitting(
     threads: int, ks: list[int], rounds: int, x: torch.Tensor
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -95,6 +103,13 @@ def sitting(
             per_sample, per_image = flops_per_sample(model, x[:10])
             rows_in.append((name, model, k, per_sample, per_image))
             contenders[name] = lambda m=model, k=k: likelihood_metrics(m, [x], iw_samples=k, seed=0)
+            # `vaekit evaluate --compile`: compiled once here (the warm-up round), as one evaluation
+            # compiles once for all its batches; the same per-batch work as likelihood_metrics
+            compiled = fold_batchnorm(model)
+            compiled.compile_scoring()
+            chunk = auto_chunk(x, k, widest_activation(compiled, x))
+            rows_in.append((f"{name}, compiled", compiled, k, per_sample, per_image))
+            contenders[f"{name}, compiled"] = lambda m=compiled, k=k, c=chunk: _score(m, x, k, c)
         times = alternate(contenders, rounds=rounds, warmup=1)
     finally:
         torch.set_num_threads(previous)
@@ -131,16 +146,23 @@ def sitting(
                 "minutes at peak": at_peak,
             }
         )
-    mlp, *convs = list(ratios)
+    # per model: (eager, compiled) FLOP-cost ratios; the headline takes vaekit's faster setting
+    eager = [name for name in ratios if not name.endswith(", compiled")]
+    best = {name: min(ratios[name], ratios[f"{name}, compiled"]) for name in eager}
+    mlp, *convs = eager
     metrics = {
         "matmul_peak_gflops": peak / 1e9,
         "matmul_peak_bf16_gflops": peak_bf16 / 1e9,
-        "nll_fraction_of_matmul_peak": 1.0 / ratios[mlp],
-        "nll_conv_flop_cost_ratio": max(ratios[name] for name in convs),
-        "nll_minutes_mlp": minutes_of[mlp],
+        "nll_fraction_of_matmul_peak": 1.0 / best[mlp],
+        "nll_fraction_of_matmul_peak_eager": 1.0 / ratios[mlp],
+        "nll_fraction_of_matmul_peak_compiled": 1.0 / ratios[f"{mlp}, compiled"],
+        "nll_conv_flop_cost_ratio": max(best[name] for name in convs),
+        "nll_conv_flop_cost_ratio_eager": max(ratios[name] for name in convs),
+        "nll_minutes_mlp": min(minutes_of[mlp], minutes_of[f"{mlp}, compiled"]),
         **{
-            f"nll_flop_cost_ratio_{key}": ratios[name]
-            for key, name in zip(("mlp", "conv_vae", "vanilla_vae"), ratios, strict=True)
+            f"nll_flop_cost_ratio_{key}{tag}": ratios[name + suffix]
+            for key, name in zip(("mlp", "conv_vae", "vanilla_vae"), eager, strict=True)
+            for suffix, tag in (("", ""), (", compiled", "_compiled"))
         },
     }
     return rows, metrics

@@ -51,6 +51,8 @@ def markdown_table(columns: list[str], rows: list[dict[str, object]]) -> str:
 
 def _cell(value: object) -> str:
     if isinstance(value, float):
+        if 0.99 < abs(value) < 1:  # fractions near one (codes in agreement): keep the digits that differ
+            return f"{value:.5f}"
         return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return "" if value is None else str(value)
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             result = {"title": name, "error": f"{type(error).__name__}: {error}", "metrics": {}}
         result["seconds"] = round(time.perf_counter() - started, 1)
         results[name] = result
-        metrics.update(result.get("metrics", {}))
+        metrics.update(result.get("metrics") or {})
         print(f"## {result.get('title', name)}  ({result['seconds']} s)\n")
         if "error" in result:
             print(f"failed: {result['error']}\n")

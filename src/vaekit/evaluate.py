@@ -168,6 +168,7 @@ def likelihood_metrics(
     chunk_size: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Mean ELBO, importance-sampled NLL (k = ``iw_samples``) and its standard error, in nats.
 
@@ -175,7 +176,10 @@ def likelihood_metrics(
     The scoring runs under ``torch.inference_mode`` on :func:`fold_batchnorm`'s copy of the model.
     A model whose :meth:`~vaekit.models.AutoEncoder.log_px` is not an importance-sampled estimate
     but its ELBO itself (it says so in ``log_px_note``: a VQ-VAE, whose q(z|x) is one code map) is
-    scored once per batch, its ELBO standing for both, with standard error 0.
+    scored once per batch, its ELBO standing for both, with standard error 0. With ``compile``
+    the per-sample work is ``torch.compile``d (:meth:`~vaekit.models.AutoEncoder.compile_scoring`:
+    seconds of compiling, then the MLP VAE's k = 5000 pass about 1.5× faster on a CPU; needs a C++
+    compiler there); the estimate is the same up to float rounding.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -183,6 +187,8 @@ def likelihood_metrics(
     elbo_sum = nll_sum = se2_sum = 0.0
     n, chunk, per_sample = 0, chunk_size, None
     fast = fold_batchnorm(model)
+    if compile:
+        fast.compile_scoring()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
         torch.manual_seed(seed)
         bar = tqdm(batches, f"log p(x), k={iw_samples}", disable=not progress, leave=False)
@@ -377,6 +383,7 @@ def evaluate_model(
     batch_size: int | None = None,
     sample_metrics: bool = True,
     progress: bool = True,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Every metric that applies to ``model`` (trained with config ``cfg``) on the data of ``split``.
 
@@ -384,7 +391,7 @@ def evaluate_model(
     sample quality when it can sample and the data are labelled (the feature classifier learns from
     the training split). ``load_split(name)`` gives a split of the run's data; it is called after
     a protocol's checks. ``iw_samples`` defaults to 1000 (a protocol fixes its own); ``batch_size``
-    to 100.
+    to 100; ``compile``: see :func:`likelihood_metrics`.
     """
     proto = _check_protocol(protocol, cfg, model, split, iw_samples) if protocol else None
     k = proto.iw_samples if proto else (iw_samples or DEFAULT_IW_SAMPLES)
@@ -409,7 +416,8 @@ def evaluate_model(
     x_eval, conversion = likelihood_data(images, kind, data_seed)
     x_recon = x_eval if kind == "bernoulli" and cfg.data.binarize else to_model_range(images, kind)
     if model.estimates_log_px:
-        res.update(likelihood_metrics(model, x_eval.split(batch_size), k, seed=seed, progress=progress))
+        batches = x_eval.split(batch_size)
+        res.update(likelihood_metrics(model, batches, k, seed=seed, progress=progress, compile=compile))
         if model.log_px_note:
             res["nll_note"] = model.log_px_note
         res["bits_per_dim"] = to_bits_per_dim(res["nll_nats"], images[0].numel(), conversion)

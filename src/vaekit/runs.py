@@ -365,6 +365,7 @@ def evaluate_run(
     sample_metrics: bool = True,
     progress: bool = True,
     json_path: str | Path | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """:func:`vaekit.evaluate.evaluate_model` of a run's model on one split of its data, also written
     as JSON (default ``RUN/evaluation.json``)."""
@@ -386,6 +387,7 @@ def evaluate_run(
         batch_size=batch_size,
         sample_metrics=sample_metrics,
         progress=progress,
+        compile=compile,
     )
     path = Path(json_path) if json_path is not None else run_dir / "evaluation.json"
     atomic_write_bytes(path, (json.dumps(results, indent=2) + "\n").encode())

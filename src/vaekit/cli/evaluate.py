@@ -79,6 +79,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", dest="json_path", metavar="FILE", help="default RUN/evaluation.json")
     p.add_argument("--no-sample-metrics", dest="sample_metrics", action="store_false", help="no classifier")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the per-sample scoring (faster for large k; needs a C++ compiler)",
+    )
     p.set_defaults(run_command=cmd_evaluate)
 
 

@@ -19,13 +19,12 @@ for the EMA quantizer ``decay=0.99, commitment_weight=β``, vaekit's ``ema=True`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
-from common import RESULTS, alternate, machine
+from common import RESULTS, alternate, machine, profile_top_ops, threads
 from seed_code import seed_classes
 
 from vaekit import VectorQuantizer
@@ -75,33 +74,6 @@ def _step(name: str, quantizer: torch.nn.Module, latents: torch.Tensor) -> Calla
     return run
 
 
-def _profile(steps: dict[str, Callable[[], None]], rows: int = 6) -> str:
-    """The top ops by self CPU time, per step, of each profiled contender."""
-    from torch.profiler import ProfilerActivity, profile
-
-    lines = []
-    for name, step in steps.items():
-        step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(3):
-                step()
-        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
-        ops = ", ".join(f"{e.key} {e.self_cpu_time_total / 3000:.1f}" for e in events)
-        lines.append(f"{name} (ms per step): {ops}")
-    return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` intra-op threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def measure(quick: bool) -> dict:
     """Time the contenders (see the module docstring); returns the table, metrics and a profile.
 
@@ -114,7 +86,7 @@ def measure(quick: bool) -> dict:
     sitting (``*_default_threads``).
     """
     default_threads = torch.get_num_threads()
-    threads = THREADS or default_threads
+    sitting_threads = THREADS or default_threads
     torch.manual_seed(0)
     latents = torch.randn(B, D, H, W, requires_grad=True)
     seed = seed_classes()["VectorQuantizer"](K, D, BETA).train()
@@ -156,11 +128,11 @@ def measure(quick: bool) -> dict:
     block = torch.empty(flat.shape[0], K)  # [N, K]
     steps["distance matmul alone"] = lambda: flat @ cb_t  # [N, D] @ [D, K], a fresh [N, K] result
     steps["distance matmul, preallocated output"] = lambda: torch.mm(flat, cb_t, out=block)
-    with _threads(threads):
+    with threads(sitting_threads):
         timing = alternate(steps, rounds=4 if quick else 15, warmup=1 if quick else 2)
-        profile = _profile({name: steps[name] for name in ("vaekit", "seed (PyTorch-VAE)")})
+        profile = profile_top_ops({name: steps[name] for name in ("vaekit", "seed (PyTorch-VAE)")}, repeats=3)
     default_timing = {}
-    if threads != default_threads:
+    if sitting_threads != default_threads:
         few = ("seed (PyTorch-VAE)", "vaekit", "distance matmul alone")
         default_timing = alternate({name: steps[name] for name in few}, rounds=2 if quick else 9, warmup=1)
 
@@ -197,7 +169,7 @@ def measure(quick: bool) -> dict:
         "seed_same_codes_as_exact": (seed_codes == exact).float().mean().item(),
         "vq_ema_speedup_vs_vqp_ema": ratio("vector-quantize-pytorch, EMA", "vaekit, ema=True"),
         "vq_ema_over_plain": ratio("vaekit, ema=True", "vaekit"),
-        "threads": threads,
+        "threads": sitting_threads,
         "default_threads": default_threads,
         "vq_speedup_vs_seed_default_threads": ratio("seed (PyTorch-VAE)", "vaekit", default_timing),
         "vq_matmul_ratio_default_threads": ratio("vaekit", "distance matmul alone", default_timing),
@@ -205,7 +177,7 @@ def measure(quick: bool) -> dict:
     fair = (
         "Same latents [64, 64, 16, 16] and codebook (K = 512) for every contender, float32, training "
         "mode, forward + backward of quantized.square().mean() + loss, timed in alternation in one "
-        f"process on {threads} thread(s) (*_default_threads: {default_threads}); the fraction "
+        f"process on {sitting_threads} thread(s) (*_default_threads: {default_threads}); the fraction "
         "of codes equal to the seed's (and to a float64 brute-force argmin) is reported, and "
         "vector-quantize-pytorch runs the same algorithm (euclidean, plain straight-through, no "
         "rotation trick, no k-means, no dead-code expiry)."

@@ -21,13 +21,12 @@ are reported. The table uses one intra-op thread (see :func:`measure`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import RESULTS, alternate, machine
+from common import RESULTS, alternate, machine, profile_top_ops, threads
 from seed_code import seed_classes
 
 from vaekit import VanillaVAE
@@ -83,32 +82,6 @@ def _build(x: torch.Tensor) -> tuple[dict[str, Callable[[], torch.Tensor]], dict
     return steps, first
 
 
-def _profile(steps: dict[str, Callable[[], Any]], rows: int = 6) -> str:
-    """The top ops by self CPU time, per step, of each profiled contender."""
-    from torch.profiler import ProfilerActivity, profile
-
-    lines = []
-    for name, step in steps.items():
-        step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(2):
-                step()
-        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
-        ops = ", ".join(f"{e.key} {e.self_cpu_time_total / 2000:.0f}" for e in events)
-        lines.append(f"{name} (ms per step): {ops}")
-    return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def measure(quick: bool) -> dict[str, Any]:
     """Time the contenders (module docstring); returns the table, the speed-ups and a profile.
 
@@ -121,7 +94,7 @@ def measure(quick: bool) -> dict[str, Any]:
     default_threads = torch.get_num_threads()
     torch.manual_seed(0)
     x = torch.rand(BATCH, 3, SIZE, SIZE) * 2 - 1  # [B, 3, 64, 64] in the seed's data range
-    with _threads(THREADS):
+    with threads(THREADS):
         steps, first = _build(x)
         timings = alternate(steps, rounds=3 if quick else 9, warmup=0 if quick else 1)  # _build warmed up
     seed_ms = timings["seed, fp32"]["median_ms"]
@@ -157,15 +130,16 @@ def measure(quick: bool) -> dict[str, Any]:
         "metrics": metrics,
     }
     if not quick:
-        with _threads(default_threads):
+        with threads(default_threads):
             pair = {name: steps[name] for name in ("seed, fp32", FASTEST)}
             both = alternate(pair, rounds=4, warmup=1)
         metrics["vae_train_speedup_vs_seed_default_threads"] = round(
             both["seed, fp32"]["median_ms"] / both[FASTEST]["median_ms"], 3
         )
         metrics["default_threads"] = default_threads
-        with _threads(THREADS):
-            result["profile"] = _profile({name: steps[name] for name in ("seed, fp32", FASTEST)})
+        with threads(THREADS):
+            profiled = {name: steps[name] for name in ("seed, fp32", FASTEST)}
+            result["profile"] = profile_top_ops(profiled, repeats=2)
     return result
 
 

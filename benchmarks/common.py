@@ -7,13 +7,14 @@ sitting are reported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -57,6 +58,34 @@ def alternate(
         name: {"median_ms": statistics.median(t), "min_ms": min(t), "times_ms": t}
         for name, t in times.items()
     }
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def profile_top_ops(steps: dict[str, Callable[[], object]], repeats: int = 3, rows: int = 6) -> str:
+    """The top ops by self CPU time of each step (torch.profiler, after one warm-up call), in ms per
+    step, one line per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    lines = []
+    for name, step in steps.items():
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                step()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+        ops = ", ".join(f"{e.key} {e.self_cpu_time_total / (1000 * repeats):.1f}" for e in events)
+        lines.append(f"{name} (ms per step): {ops}")
+    return "\n".join(lines)
 
 
 def cpu_model() -> str:

@@ -312,3 +312,21 @@ def test_resumed_optimizer_state_takes_the_parameters_layout():
     reference = two_steps(torch.contiguous_format, restore=False)
     torch.testing.assert_close(two_steps(torch.channels_last, restore=True), reference)
     assert not torch.allclose(two_steps(torch.channels_last, restore=False), reference)  # the trap
+
+
+def test_a_run_saved_before_the_speed_settings_resumes_with_what_it_trained_with(tmp_path):
+    from vaekit.config import dump_yaml, load_config
+    from vaekit.runs import config_for
+
+    lines = dump_yaml(load_config(None)).splitlines()  # the default job: a conv model, precision auto
+    old = [line for line in lines if "memory_format:" not in line and "precision:" not in line]
+    assert len(old) == len(lines) - 2
+    (tmp_path / "config.yaml").write_text("\n".join(old) + "\n")
+    resumed = config_for(None, [], str(tmp_path), None, False)
+    assert (resumed.train.precision, resumed.train.memory_format) == ("fp32", "contiguous")
+    # --set still wins, and a run that saved its decided settings keeps them
+    forced = config_for(None, ["train.precision=bf16"], str(tmp_path), None, False)
+    assert forced.train.precision == "bf16"
+    decided = "\n".join(lines).replace("precision: auto", "precision: bf16")
+    (tmp_path / "config.yaml").write_text(decided + "\n")
+    assert config_for(None, [], str(tmp_path), None, False).train.precision == "bf16"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from vaekit.checkpoint import atomic_write_bytes, damaged, load_model_header, writing
@@ -27,6 +28,9 @@ from vaekit.evaluate import evaluate_loss, evaluate_model
 from vaekit.models import MODELS, Model, load_model
 from vaekit.report import plot_curves, read_metrics_csv, write_report_html
 from vaekit.visualize import write_pictures
+
+#: what runs written before these keys existed trained with
+OLD_RUN_SETTINGS = {"precision": "fp32", "memory_format": "contiguous"}
 
 
 def config_for(
@@ -47,7 +51,21 @@ def config_for(
     model_keys = [o for o in overrides if o.strip().startswith("model.")]
     if model_keys:
         raise VaekitError(f"cannot change the model of a run on --resume: {', '.join(model_keys)}")
-    return load_config(run_dir / "config.yaml", overrides)
+    return load_config(run_dir / "config.yaml", [*_settings_it_trained_with(run_dir), *overrides])
+
+
+def _settings_it_trained_with(run_dir: Path) -> list[str]:
+    """Overrides that keep a run written before ``train.memory_format`` existed (or before
+    ``precision: auto``) in the layout and precision it trained with, not what ``auto`` would pick
+    now: a resume then continues the same arithmetic."""
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # load_config reports the damaged file
+    saved = saved.get("train") if isinstance(saved, dict) else None
+    if not isinstance(saved, dict):
+        return []
+    return [f"train.{key}={value}" for key, value in OLD_RUN_SETTINGS.items() if key not in saved]
 
 
 def shared_run_dir(config_path: str | None, out: str | None, force: bool, is_main: bool) -> Path:

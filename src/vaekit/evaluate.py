@@ -178,7 +178,7 @@ def likelihood_metrics(
     but its ELBO itself (it says so in ``log_px_note``: a VQ-VAE, whose q(z|x) is one code map) is
     scored once per batch, its ELBO standing for both, with standard error 0. With ``compile``
     the per-sample work is ``torch.compile``d (:meth:`~vaekit.models.AutoEncoder.compile_scoring`:
-    seconds of compiling, then the MLP VAE's k = 5000 pass about 1.5× faster on a CPU; needs a C++
+    seconds of compiling, then the MLP VAE's importance samples 1.3–1.8× faster on a CPU; needs a C++
     compiler there); the estimate is the same up to float rounding.
     """
     model.eval()

@@ -19,12 +19,10 @@ for the EMA quantizer ``decay=0.99, commitment_weight=β``, vaekit's ``ema=True`
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Callable
 
 import torch
-from common import RESULTS, alternate, machine, profile_top_ops, threads
+from common import alternate, profile_top_ops, show_comparison, threads
 from seed_code import seed_classes
 
 from vaekit import VectorQuantizer
@@ -196,17 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (under 45 s)")
     result = measure(parser.parse_args().quick)
-    widths = [max(len(c), *(len(str(r[c])) for r in result["rows"])) for c in COLUMNS]
-    print(result["title"])
-    print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    for r in result["rows"]:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    print(json.dumps(result["metrics"], indent=2))
-    print(result["profile"])
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "cmp_quantizer.json"
-    path.write_text(json.dumps({**result, "machine": machine()}, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+    show_comparison("cmp_quantizer", result)
 
 
 if __name__ == "__main__":

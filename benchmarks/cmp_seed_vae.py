@@ -21,12 +21,11 @@ are reported. The table uses one intra-op thread (see :func:`measure`).
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import RESULTS, alternate, machine, profile_top_ops, threads
+from common import alternate, profile_top_ops, show_comparison, threads
 from seed_code import seed_classes
 
 from vaekit import VanillaVAE
@@ -148,18 +147,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no profile (under a minute)")
     args = parser.parse_args()
     result = measure(args.quick)
-    widths = [max(len(c), *(len(str(r[c])) for r in result["rows"])) for c in COLUMNS]
-    print(result["title"])
-    print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    for r in result["rows"]:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    print(json.dumps(result["metrics"], indent=2))
-    if "profile" in result:
-        print(result["profile"])
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "cmp_seed_vae.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
-    print(f"wrote {path}")
+    show_comparison("cmp_seed_vae", result)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,18 @@ def report(name: str, rows: list[dict[str, object]], columns: list[str]) -> Path
     return path
 
 
+def show_comparison(name: str, result: dict[str, object]) -> Path:
+    """What a ``cmp_*.py`` run on its own prints: ``result``'s title, table, metrics and profile;
+    the whole result with the machine goes to results/NAME.json."""
+    print(result["title"])
+    path = report(name, result["rows"], result["columns"])  # type: ignore[arg-type]
+    print(json.dumps(result["metrics"], indent=2))
+    if result.get("profile"):
+        print(result["profile"])
+    path.write_text(json.dumps({"machine": machine(), **result}, indent=2, default=str) + "\n")
+    return path
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

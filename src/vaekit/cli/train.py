@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
 def cmd_train_prior(args: argparse.Namespace) -> int | None:
     """``vaekit train-prior RUN``: the run's codes (encoded once, cached in RUN/codes/), then the
     same training as ``vaekit train`` into RUN/prior/, which a loaded run then samples with."""
-    from vaekit.distributed import broadcast_from_main, cleanup_distributed, setup_distributed
+    from vaekit.distributed import setup_distributed
     from vaekit.runs import PRIOR_DIR, config_for, encode_codes, prior_config, shared_run_dir
 
     _check_stop_after(args)
@@ -95,18 +96,10 @@ def cmd_train_prior(args: argparse.Namespace) -> int | None:
         # the VQ-VAE run is locked too: `vaekit train --resume RUN` would change the weights whose
         # codes the prior learns
         _lock(stack, run, dist)
-        failed: VaekitError | None = None
         # rank 0 encodes; the others wait for it and read the same files. A resumed prior keeps the
         # codes it started on: if the VQ-VAE changed since, reading them fails and says so.
-        if dist.is_main and not args.resume:
-            try:
-                encode_codes(run, dist.device, progress=not args.no_progress)
-            except VaekitError as err:
-                failed = err
-        failed = broadcast_from_main(failed)
-        if failed is not None:
-            cleanup_distributed()
-            raise failed
+        if not args.resume:
+            _on_main_first(dist, lambda: encode_codes(run, dist.device, progress=not args.no_progress))
         if not args.resume:
             prior_dir = shared_run_dir(None, str(prior_dir), args.force, dist.is_main)
         return _train_and_finish(args, cfg, prior_dir, dist)
@@ -115,13 +108,20 @@ def cmd_train_prior(args: argparse.Namespace) -> int | None:
 def _lock(stack: contextlib.ExitStack, run_dir: Path, dist: Any) -> None:
     """Rank 0 takes ``run_dir``'s lock (:mod:`vaekit.locks`) into ``stack``; every rank raises if
     it could not."""
-    from vaekit.distributed import broadcast_from_main, cleanup_distributed
     from vaekit.locks import run_lock
+
+    _on_main_first(dist, lambda: stack.enter_context(run_lock(run_dir)))
+
+
+def _on_main_first(dist: Any, work: Callable[[], object]) -> None:
+    """Rank 0 does ``work`` while the others wait; if it raised a :class:`VaekitError`, every rank
+    raises it (so that none waits for a rank that stopped)."""
+    from vaekit.distributed import broadcast_from_main, cleanup_distributed
 
     failed: VaekitError | None = None
     if dist.is_main:
         try:
-            stack.enter_context(run_lock(run_dir))
+            work()
         except VaekitError as err:
             failed = err
     failed = broadcast_from_main(failed)

@@ -90,7 +90,7 @@ def sitting(
     """One alternated sitting at ``threads`` intra-op threads: the table rows, and the metrics."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    # the three models share GaussianLatentVAE._log_px_given_z: each model and chunk shape is a
+    # the three models share GaussianLatentVAE._log_weights: each model and chunk shape is a
     # graph of that one function, more than dynamo's default limit of 8 (then it runs eager)
     torch._dynamo.config.recompile_limit = 64
     try:

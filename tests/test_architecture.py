@@ -22,6 +22,7 @@ LAYERS = [
         "distributed",
         "locks",
         "progress",
+        "compiling",
     },
     {"quantize", "data"},
     {"models"},

@@ -125,11 +125,14 @@ def _has_cpp_compiler() -> bool:
 
 
 @pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on a CPU needs a C++ compiler")
-@pytest.mark.parametrize("name", ["mlp", "vqvae"])
+@pytest.mark.parametrize("name", ["mlp", "vanilla", "vqvae"])
 def test_compiled_scoring_gives_the_eager_numbers(name):
     torch.manual_seed(0)
-    if name == "mlp":  # compile_scoring compiles decoder and likelihood together
-        model = MLPVAE(1, 8, hidden_dims=[32], image_size=12).eval()
+    if name == "mlp":  # compile_scoring compiles the log-weights: decoder, likelihood, prior, proposal
+        model = MLPVAE(1, 8, hidden_dims=[32], image_size=16).eval()  # 16 pixels per lane: grouped products
+        x = torch.bernoulli(torch.rand(20, 1, 16, 16))
+    elif name == "vanilla":  # with BatchNorm folded, channels last, a one-channel last layer
+        model = _vanilla_with_statistics().to(memory_format=torch.channels_last)
         x = torch.bernoulli(torch.rand(20, 1, 12, 12))
     else:  # the default: the decoder alone, which the VQ-VAE's bound decodes with
         model = VQVAE(1, 4, 16, hidden_dims=[8, 16], image_size=12, num_residual_layers=1).eval()
@@ -142,4 +145,5 @@ def test_compiled_scoring_gives_the_eager_numbers(name):
     for key in ("elbo_nats", "nll_nats", "nll_stderr"):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-4), key
     # the model itself is left as it was: only the evaluator's copy is compiled
-    assert "decode" not in vars(model) and "_log_px_given_z" not in vars(model)
+    assert "decode" not in vars(model) and "_log_weights" not in vars(model)
+    assert getattr(model, "likelihood", None) is None or not model.likelihood.grouped_products

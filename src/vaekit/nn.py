@@ -59,6 +59,11 @@ def upsampling_conv(
 #: conv's input) are convolved as one matrix product on a CPU (:class:`Conv2d`).
 GEMM_MAX_POSITIONS = 4
 
+#: Without autograd on a CPU, convolutions with at most this many output channels (a decoder's
+#: last layer) are one matrix product and shifted sums (:func:`conv2d_by_taps`,
+#: :func:`conv_transpose2d_by_phases`): oneDNN computes them at a few GFLOP/s.
+FEW_OUTPUT_CHANNELS = 4
+
 
 def _on_cpu_plain(module: nn.Conv2d | nn.ConvTranspose2d, x: Tensor) -> bool:
     """Whether ``module`` may take the CPU paths of :class:`Conv2d` / :class:`ConvTranspose2d`: a
@@ -87,6 +92,89 @@ def _autocast_operand(param: Tensor, input: Tensor) -> Tensor:
     return param
 
 
+def conv2d_by_taps(
+    x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
+) -> Tensor:
+    """A convolution as one matrix product and a sum of shifted taps (no groups or dilation).
+
+    ``out[y, x] = Σ_{i,j} P[s·y + i − p, s·x + j − p, i, j]`` with the per-position products
+    ``P = x @ W`` (``[N·H·W, C_in] @ [C_in, kh·kw·C_out]``; P is zero outside the map). The product
+    runs at the matrix-multiply rate whatever C_out is; the k² shifted sums then read kh·kw values
+    per output, cheap only for a few output channels. ``x: [N, C_in, H, W]``, ``weight:
+    [C_out, C_in, kh, kw]`` -> ``[N, C_out, h, w]``, stored channels last.
+    """
+    batch, c_in, height, width = x.shape
+    c_out, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+    rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, c_in)  # [N·H·W, C_in]
+    taps = rows @ weight.permute(1, 2, 3, 0).reshape(c_in, kh * kw * c_out)  # [N·H·W, kh·kw·C_out]
+    taps = taps.view(batch, height, width, kh, kw, c_out)
+    # zero rows and columns around the map, as many as the last tap reaches past it
+    below, right = sh * (out_h - 1) + kh - height - ph, sw * (out_w - 1) + kw - width - pw
+    taps = F.pad(taps, (0, 0, 0, 0, 0, 0, pw, max(right, 0), ph, max(below, 0)))
+    out = sum(
+        taps[
+            :, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, i, j
+        ]  # [N, h, w, C_out]
+        for i in range(kh)
+        for j in range(kw)
+    )
+    if bias is not None:
+        out = out + bias
+    return out.permute(0, 3, 1, 2)
+
+
+def conv_transpose2d_by_phases(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    output_padding: tuple[int, int],
+) -> Tensor:
+    """A transposed convolution as one matrix product and, per output phase, a sum of shifted taps.
+
+    Input position (y, x) adds ``P[y, x, i, j] = Σ_c x[c, y, x] W[c, :, i, j]`` to output position
+    (s·y + i − p, s·x + j − p). Output rows of one phase r = (s·y + i) mod s take taps
+    i = r, r + s, r + 2s, …, so the uncropped output's row s·a + r is ``Σ_t P[a − t, ·, r + s·t, ·]``:
+    for each of the s² phases a sum of shifted slices, then the phases interleaved and the padding
+    cropped. The product ``[N·H·W, C_in] @ [C_in, kh·kw·C_out]`` runs at the matrix-multiply rate;
+    the shifted sums read kh·kw/s² values per output, cheap for a few output channels.
+    ``x: [N, C_in, H, W]``, ``weight: [C_in, C_out, kh, kw]`` -> ``[N, C_out, H_out, W_out]``,
+    stored channels last.
+    """
+    batch, c_in, height, width = x.shape
+    _, c_out, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
+    full_h, full_w = (height - 1) * sh + kh + oh, (width - 1) * sw + kw + ow  # before cropping
+    rows_h, rows_w = -(-full_h // sh), -(-full_w // sw)  # rows and columns of one phase
+    rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, c_in)  # [N·H·W, C_in]
+    taps = rows @ weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out)  # [N·H·W, kh·kw·C_out]
+    taps = taps.view(batch, height, width, kh, kw, c_out)
+    phase_rows = []
+    for r_h in range(sh):
+        phases = []  # [N, rows_h, rows_w, C_out] for each r_w
+        for r_w in range(sw):
+            terms = [
+                # tap (i, j) lands i // s_h phase rows below (and j // s_w columns right of) its input
+                F.pad(
+                    taps[:, :, :, i, j],
+                    (0, 0, j // sw, rows_w - width - j // sw, i // sh, rows_h - height - i // sh),
+                )
+                for i in range(r_h, kh, sh)
+                for j in range(r_w, kw, sw)
+            ]
+            phases.append(sum(terms) if terms else taps.new_zeros(batch, rows_h, rows_w, c_out))
+        phase_rows.append(torch.stack(phases, dim=3))  # [N, rows_h, rows_w, s_w, C_out]
+    # stacked as [N, rows_h, s_h, rows_w, s_w, C_out]: uncropped row s_h·a + r_h, column s_w·b + r_w
+    full = torch.stack(phase_rows, dim=2).view(batch, rows_h * sh, rows_w * sw, c_out)
+    out = full[:, ph : full_h - ph, pw : full_w - pw]  # [N, H_out, W_out, C_out]
+    if bias is not None:
+        out = out + bias
+    return out.permute(0, 3, 1, 2)
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same weights, same result up to rounding) that convolves a tiny output map as
     one matrix product on a CPU.
@@ -104,6 +192,10 @@ class Conv2d(nn.Conv2d):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
         if out_h * out_w > GEMM_MAX_POSITIONS:
+            if self.out_channels <= FEW_OUTPUT_CHANNELS and not torch.is_grad_enabled():
+                weight = _autocast_operand(self.weight, input)
+                bias = None if self.bias is None else _autocast_operand(self.bias, input)
+                return conv2d_by_taps(input.to(weight.dtype), weight, bias, self.stride, self.padding)
             return super().forward(input)
         weight = _autocast_operand(self.weight, input)
         x = F.pad(input.to(weight.dtype), (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # [B, H+2p, W+2p, C_in]
@@ -133,6 +225,11 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         batch, _, height, width = input.shape
         if height * width <= GEMM_MAX_POSITIONS:
             out = self._as_product(input)
+        elif self.out_channels <= FEW_OUTPUT_CHANNELS and not torch.is_grad_enabled():
+            weight = _autocast_operand(self.weight, input)
+            out = conv_transpose2d_by_phases(
+                input.to(weight.dtype), weight, None, self.stride, self.padding, self.output_padding
+            )
         else:
             out = F.conv_transpose2d(
                 input, self.weight, None, self.stride, self.padding, self.output_padding, self.groups

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from vaekit import checkpoint
+from vaekit.compiling import compile_for_scoring
 from vaekit.errors import IgnoredArgumentWarning, NoPriorError, VaekitError
 from vaekit.outputs import NamedOutput
 
@@ -252,7 +253,7 @@ class AutoEncoder(Model):
         (``vaekit evaluate --compile`` does it on an inference copy). By default the decoder; a model
         whose per-sample work is more (a likelihood too) compiles that instead. Shapes are static:
         one compiled graph per chunk size."""
-        self.decode = torch.compile(self.decode, dynamic=False)  # type: ignore[method-assign]
+        self.decode = compile_for_scoring(self.decode, self._device())  # type: ignore[method-assign]
 
     def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
         """An estimate of log p(x) per example and its standard error (if :attr:`estimates_log_px`)."""

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from vaekit.data.ranges import LIKELIHOODS
-from vaekit.losses import bernoulli_log_likelihood, gaussian_log_likelihood
+from vaekit.losses import bernoulli_log_likelihood, bernoulli_log_likelihood_grouped, gaussian_log_likelihood
 
 
 class DecoderLikelihood(nn.Module):
@@ -27,6 +27,9 @@ class DecoderLikelihood(nn.Module):
         if sigma <= 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         self.kind = kind
+        #: Bernoulli: sum the softplus terms as logs of grouped products
+        #: (:func:`vaekit.losses.bernoulli_log_likelihood_grouped`); set by ``compile_scoring``.
+        self.grouped_products = False
         log_sigma = torch.full(tuple(scale_shape), math.log(sigma))
         if kind == "gaussian" and learn_sigma:
             self.log_scale = nn.Parameter(log_sigma)
@@ -38,6 +41,8 @@ class DecoderLikelihood(nn.Module):
     def log_prob(self, x: Tensor, recons: Tensor) -> Tensor:
         """log p(x|z) per example ``[B]`` (see :mod:`vaekit.losses`)."""
         if self.kind == "bernoulli":
+            if self.grouped_products:
+                return bernoulli_log_likelihood_grouped(x, recons)
             return bernoulli_log_likelihood(x, recons)
         return gaussian_log_likelihood(x, recons, self.log_scale)
 

@@ -97,7 +97,7 @@ class VanillaVAE(GaussianLatentVAE):
             up(last, last, 0),
             nn.BatchNorm2d(last),
             nn.LeakyReLU(),
-            nn.Conv2d(last, channels, kernel_size=3, padding=1),
+            Conv2d(last, channels, kernel_size=3, padding=1),
             nn.Tanh() if likelihood == "gaussian" else nn.Identity(),
         )
         self.likelihood = DecoderLikelihood(likelihood, sigma, learn_sigma, (channels, 1, 1))

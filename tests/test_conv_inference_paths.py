@@ -1,0 +1,119 @@
+"""The CPU inference paths for convolutions with few output channels (a decoder's last layer): one
+matrix product, then shifted sums of its taps — against torch's convolutions in float64, and taken
+only where they are meant to be (no autograd, at most FEW_OUTPUT_CHANNELS outputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaekit.nn import (
+    FEW_OUTPUT_CHANNELS,
+    Conv2d,
+    ConvTranspose2d,
+    conv2d_by_taps,
+    conv_transpose2d_by_phases,
+)
+
+TRANSPOSED = [  # (N, C_in, H, W, C_out, kernel, stride, padding, output_padding)
+    (3, 16, 14, 14, 1, 4, 2, 1, 0),  # ConvVAE's last layer, 14 -> 28
+    (3, 32, 14, 14, 1, 3, 2, 1, 1),  # VanillaVAE-style 3×3, 14 -> 28
+    (2, 8, 7, 5, 3, 3, 2, 1, 0),  # non-square, odd, RGB
+    (2, 5, 5, 6, 2, 5, 3, 2, 2),  # stride 3, kernel not a multiple of it
+    (2, 4, 6, 5, 2, 2, 3, 0, 1),  # kernel smaller than the stride: a phase without taps
+    (2, 3, 4, 4, 4, 3, 1, 1, 0),  # stride 1
+    (1, 6, 1, 1, 1, 4, 2, 0, 0),  # a single input position
+]
+PLAIN = [  # (N, C_in, H, W, C_out, kernel, stride, padding)
+    (3, 32, 28, 28, 1, 3, 1, 1),  # VanillaVAE's final 3×3 conv
+    (2, 4, 9, 7, 3, 3, 1, 0),  # no padding, non-square
+    (2, 4, 9, 7, 2, 5, 1, 2),
+    (2, 6, 9, 8, 1, 4, 2, 1),  # stride 2
+    (2, 3, 10, 11, 2, 3, 3, 2),  # stride 3, padding reaching past the last tap
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", TRANSPOSED, ids=str)
+def test_transposed_by_phases_is_torchs_transposed_conv(case, layout):
+    n, c_in, h, w, c_out, k, s, p, op = case
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(n, c_in, h, w), torch.randn(c_in, c_out, k, k), torch.randn(c_out)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    exact = F.conv_transpose2d(x.double(), weight.double(), bias.double(), s, p, op)
+    ours = conv_transpose2d_by_phases(x, weight, bias, (s, s), (p, p), (op, op))
+    assert ours.shape == exact.shape and ours.dtype == torch.float32
+    scale = exact.abs().max().item()
+    assert (ours.double() - exact).abs().max().item() <= 1e-6 * scale + 1e-6
+    # without bias: the taps alone
+    exact = F.conv_transpose2d(x.double(), weight.double(), None, s, p, op)
+    assert (
+        conv_transpose2d_by_phases(x, weight, None, (s, s), (p, p), (op, op)).double() - exact
+    ).abs().max() <= 1e-6 * scale + 1e-6
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", PLAIN, ids=str)
+def test_conv_by_taps_is_torchs_conv(case, layout):
+    n, c_in, h, w, c_out, k, s, p = case
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(n, c_in, h, w), torch.randn(c_out, c_in, k, k), torch.randn(c_out)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    exact = F.conv2d(x.double(), weight.double(), bias.double(), s, p)
+    ours = conv2d_by_taps(x, weight, bias, (s, s), (p, p))
+    assert ours.shape == exact.shape and ours.dtype == torch.float32
+    assert (ours.double() - exact).abs().max().item() <= 1e-6 * exact.abs().max().item() + 1e-6
+
+
+def _recording(monkeypatch, name: str) -> list[int]:
+    """Record calls of ``vaekit.nn.<name>`` (the module's forward looks it up at call time)."""
+    import vaekit.nn
+
+    calls: list[int] = []
+    real = getattr(vaekit.nn, name)
+    monkeypatch.setattr(vaekit.nn, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_the_modules_take_the_paths_only_without_autograd_and_for_few_channels(monkeypatch):
+    taps, phases = (
+        _recording(monkeypatch, "conv2d_by_taps"),
+        _recording(monkeypatch, "conv_transpose2d_by_phases"),
+    )
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 10, 10)
+    few, many = Conv2d(8, FEW_OUTPUT_CHANNELS, 3, padding=1), Conv2d(8, FEW_OUTPUT_CHANNELS + 1, 3, padding=1)
+    up_few = ConvTranspose2d(8, 1, 4, stride=2, padding=1)
+    up_many = ConvTranspose2d(8, FEW_OUTPUT_CHANNELS + 1, 4, stride=2, padding=1)
+    trained = few(x), up_few(x)  # autograd on: torch's convolutions, as in training
+    assert taps == phases == [] and all(t.requires_grad for t in trained)
+    with torch.no_grad():
+        inferred = few(x), up_few(x)
+        many(x), up_many(x)
+    assert taps == phases == [1]
+    for a, b in zip(inferred, trained, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():  # what the evaluator runs under
+        few(x), up_few(x)
+    assert taps == phases == [1, 1]
+
+
+def test_the_paths_follow_bf16_autocast_and_the_reference_modules():
+    torch.manual_seed(0)
+    ours, ref = (
+        ConvTranspose2d(8, 2, 3, stride=2, padding=1, output_padding=1),
+        nn.ConvTranspose2d(8, 2, 3, stride=2, padding=1, output_padding=1),
+    )
+    ref.load_state_dict(ours.state_dict())
+    conv, conv_ref = Conv2d(8, 1, 3, padding=1), nn.Conv2d(8, 1, 3, padding=1)
+    conv_ref.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pairs = [(ours(x), ref(x)), (conv(x), conv_ref(x))]
+    for a, b in pairs:
+        assert a.dtype == b.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=5e-2)

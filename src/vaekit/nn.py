@@ -92,37 +92,51 @@ def _autocast_operand(param: Tensor, input: Tensor) -> Tensor:
     return param
 
 
+def _tap_planes(x: Tensor, weight_by_tap: Tensor) -> Tensor:
+    """Every input position times every tap of the weight, one plane per tap and output channel:
+    ``x [N, C_in, H, W]``, ``weight_by_tap [kh, kw, C_out, C_in]`` -> ``[kh, kw, C_out, N, H, W]``.
+
+    One matrix product ``[kh·kw·C_out, C_in] @ [C_in, N·H·W]``: the input's channels-last rows are
+    read transposed, not copied, and each plane comes out contiguous, so the shifted sums run along
+    whole image rows (for the ConvVAE's last layer 1.8× faster eager, 1.3–1.8× compiled, than with
+    the taps interleaved in the columns of ``rows @ W``).
+    """
+    batch, c_in, height, width = x.shape
+    kh, kw, c_out, _ = weight_by_tap.shape
+    rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, c_in)  # [N·H·W, C_in]
+    planes = weight_by_tap.reshape(kh * kw * c_out, c_in) @ rows.t()  # [kh·kw·C_out, N·H·W]
+    return planes.view(kh, kw, c_out, batch, height, width)
+
+
 def conv2d_by_taps(
     x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
 ) -> Tensor:
     """A convolution as one matrix product and a sum of shifted taps (no groups or dilation).
 
-    ``out[y, x] = Σ_{i,j} P[s·y + i − p, s·x + j − p, i, j]`` with the per-position products
-    ``P = x @ W`` (``[N·H·W, C_in] @ [C_in, kh·kw·C_out]``; P is zero outside the map). The product
-    runs at the matrix-multiply rate whatever C_out is; the k² shifted sums then read kh·kw values
+    ``out[c, y, x] = Σ_{i,j} P[i, j, c, s·y + i − p, s·x + j − p]`` with the per-position products
+    ``P[i, j, c] = W[c, :, i, j] · x`` (:func:`_tap_planes`; P is zero outside the map). The product
+    runs at the matrix-multiply rate whatever C_out is; the kh·kw shifted sums then read kh·kw values
     per output, cheap only for a few output channels. ``x: [N, C_in, H, W]``, ``weight:
-    [C_out, C_in, kh, kw]`` -> ``[N, C_out, h, w]``, stored channels last.
+    [C_out, C_in, kh, kw]`` -> ``[N, C_out, h, w]``.
     """
-    batch, c_in, height, width = x.shape
-    c_out, _, kh, kw = weight.shape
+    _, _, height, width = x.shape
+    _, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
-    rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, c_in)  # [N·H·W, C_in]
-    taps = rows @ weight.permute(1, 2, 3, 0).reshape(c_in, kh * kw * c_out)  # [N·H·W, kh·kw·C_out]
-    taps = taps.view(batch, height, width, kh, kw, c_out)
+    planes = _tap_planes(x, weight.permute(2, 3, 0, 1))  # [kh, kw, C_out, N, H, W]
     # zero rows and columns around the map, as many as the last tap reaches past it
     below, right = sh * (out_h - 1) + kh - height - ph, sw * (out_w - 1) + kw - width - pw
-    taps = F.pad(taps, (0, 0, 0, 0, 0, 0, pw, max(right, 0), ph, max(below, 0)))
+    planes = F.pad(planes, (pw, max(right, 0), ph, max(below, 0)))
     out = sum(
-        taps[
-            :, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, i, j
-        ]  # [N, h, w, C_out]
+        planes[
+            i, j, :, :, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw
+        ]  # [C_out, N, h, w]
         for i in range(kh)
         for j in range(kw)
     )
     if bias is not None:
-        out = out + bias
-    return out.permute(0, 3, 1, 2)
+        out = out + bias.view(-1, 1, 1, 1)
+    return out.transpose(0, 1)
 
 
 def conv_transpose2d_by_phases(
@@ -135,44 +149,38 @@ def conv_transpose2d_by_phases(
 ) -> Tensor:
     """A transposed convolution as one matrix product and, per output phase, a sum of shifted taps.
 
-    Input position (y, x) adds ``P[y, x, i, j] = Σ_c x[c, y, x] W[c, :, i, j]`` to output position
-    (s·y + i − p, s·x + j − p). Output rows of one phase r = (s·y + i) mod s take taps
-    i = r, r + s, r + 2s, …, so the uncropped output's row s·a + r is ``Σ_t P[a − t, ·, r + s·t, ·]``:
-    for each of the s² phases a sum of shifted slices, then the phases interleaved and the padding
-    cropped. The product ``[N·H·W, C_in] @ [C_in, kh·kw·C_out]`` runs at the matrix-multiply rate;
-    the shifted sums read kh·kw/s² values per output, cheap for a few output channels.
-    ``x: [N, C_in, H, W]``, ``weight: [C_in, C_out, kh, kw]`` -> ``[N, C_out, H_out, W_out]``,
-    stored channels last.
+    Input position (y, x) adds ``P[i, j, :, y, x] = Σ_c x[c, y, x] W[c, :, i, j]`` (:func:`_tap_planes`)
+    to output position (s·y + i − p, s·x + j − p). Output rows of one phase r = (s·y + i) mod s take
+    taps i = r, r + s, r + 2s, …, so the uncropped output's row s·a + r is ``Σ_t P[r + s·t, ·, ·, a − t]``:
+    for each of the s² phases a sum of shifted planes, then the phases interleaved and the padding
+    cropped. The product runs at the matrix-multiply rate; the shifted sums read kh·kw/s² values per
+    output, cheap for a few output channels. ``x: [N, C_in, H, W]``, ``weight: [C_in, C_out, kh, kw]``
+    -> ``[N, C_out, H_out, W_out]``.
     """
-    batch, c_in, height, width = x.shape
+    batch, _, height, width = x.shape
     _, c_out, kh, kw = weight.shape
     (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
     full_h, full_w = (height - 1) * sh + kh + oh, (width - 1) * sw + kw + ow  # before cropping
     rows_h, rows_w = -(-full_h // sh), -(-full_w // sw)  # rows and columns of one phase
-    rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, c_in)  # [N·H·W, C_in]
-    taps = rows @ weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out)  # [N·H·W, kh·kw·C_out]
-    taps = taps.view(batch, height, width, kh, kw, c_out)
+    planes = _tap_planes(x, weight.permute(2, 3, 1, 0))  # [kh, kw, C_out, N, H, W]
     phase_rows = []
     for r_h in range(sh):
-        phases = []  # [N, rows_h, rows_w, C_out] for each r_w
+        phases = []  # [C_out, N, rows_h, rows_w] for each r_w
         for r_w in range(sw):
             terms = [
                 # tap (i, j) lands i // s_h phase rows below (and j // s_w columns right of) its input
-                F.pad(
-                    taps[:, :, :, i, j],
-                    (0, 0, j // sw, rows_w - width - j // sw, i // sh, rows_h - height - i // sh),
-                )
+                F.pad(planes[i, j], (j // sw, rows_w - width - j // sw, i // sh, rows_h - height - i // sh))
                 for i in range(r_h, kh, sh)
                 for j in range(r_w, kw, sw)
             ]
-            phases.append(sum(terms) if terms else taps.new_zeros(batch, rows_h, rows_w, c_out))
-        phase_rows.append(torch.stack(phases, dim=3))  # [N, rows_h, rows_w, s_w, C_out]
-    # stacked as [N, rows_h, s_h, rows_w, s_w, C_out]: uncropped row s_h·a + r_h, column s_w·b + r_w
-    full = torch.stack(phase_rows, dim=2).view(batch, rows_h * sh, rows_w * sw, c_out)
-    out = full[:, ph : full_h - ph, pw : full_w - pw]  # [N, H_out, W_out, C_out]
+            phases.append(sum(terms) if terms else planes.new_zeros(c_out, batch, rows_h, rows_w))
+        phase_rows.append(torch.stack(phases, dim=-1))  # [C_out, N, rows_h, rows_w, s_w]
+    # stacked as [C_out, N, rows_h, s_h, rows_w, s_w]: uncropped row s_h·a + r_h, column s_w·b + r_w
+    full = torch.stack(phase_rows, dim=3).view(c_out, batch, rows_h * sh, rows_w * sw)
+    out = full[:, :, ph : full_h - ph, pw : full_w - pw]  # [C_out, N, H_out, W_out]
     if bias is not None:
-        out = out + bias
-    return out.permute(0, 3, 1, 2)
+        out = out + bias.view(-1, 1, 1, 1)
+    return out.transpose(0, 1)
 
 
 class Conv2d(nn.Conv2d):

@@ -19,7 +19,11 @@ from pathlib import Path
 
 import torch
 
+from vaekit.allocator import keep_freed_memory
+
 RESULTS = Path(__file__).parent / "results"
+# as the vaekit command does: every contender in the process reuses freed memory alike
+keep_freed_memory()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the seed's classes, as reference
 
 

@@ -23,6 +23,7 @@ LAYERS = [
         "locks",
         "progress",
         "compiling",
+        "allocator",
     },
     {"quantize", "data"},
     {"models"},

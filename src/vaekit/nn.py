@@ -127,12 +127,9 @@ def conv2d_by_taps(
     # zero rows and columns around the map, as many as the last tap reaches past it
     below, right = sh * (out_h - 1) + kh - height - ph, sw * (out_w - 1) + kw - width - pw
     planes = F.pad(planes, (pw, max(right, 0), ph, max(below, 0)))
-    out = sum(
-        planes[
-            i, j, :, :, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw
-        ]  # [C_out, N, h, w]
-        for i in range(kh)
-        for j in range(kw)
+    span_h, span_w = sh * (out_h - 1) + 1, sw * (out_w - 1) + 1  # rows and columns one tap reads
+    out = sum(  # [C_out, N, h, w]
+        planes[i, j, :, :, i : i + span_h : sh, j : j + span_w : sw] for i in range(kh) for j in range(kw)
     )
     if bias is not None:
         out = out + bias.view(-1, 1, 1, 1)
@@ -190,7 +187,9 @@ class Conv2d(nn.Conv2d):
     oneDNN's direct convolution is slow when the output map has a handful of positions and many
     channels: the seed's 256 → 512 conv onto 2×2 runs 3× faster forward and backward, fp32 and bf16,
     as the product ``[B·h·w, C_in·kh·kw] @ [C_in·kh·kw, C_out]`` of the unrolled (im2col) input
-    (benchmarks/cmp_seed_vae.py). Larger maps take oneDNN's path, which wins there.
+    (benchmarks/cmp_seed_vae.py). Larger maps take oneDNN's path, which wins there — except, when no
+    gradient is recorded, for a layer of at most :data:`FEW_OUTPUT_CHANNELS` outputs (a decoder's
+    last conv), which :func:`conv2d_by_taps` computes (benchmarks/bench_scoring_layers.py).
     """
 
     def forward(self, input: Tensor) -> Tensor:
@@ -218,10 +217,12 @@ class Conv2d(nn.Conv2d):
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (same weights, same result up to rounding) with two CPU paths.
+    """``nn.ConvTranspose2d`` (same weights, same result up to rounding) with three CPU paths.
 
     A tiny input map is up-sampled as one matrix product and a ``fold`` (col2im), as
-    :class:`Conv2d` does. Any other map is convolved without its bias, which is added after: oneDNN
+    :class:`Conv2d` does. When no gradient is recorded, a layer of at most
+    :data:`FEW_OUTPUT_CHANNELS` outputs is :func:`conv_transpose2d_by_phases`. Any other map is
+    convolved without its bias, which is added after: oneDNN
     derives a transposed conv's bias gradient inside its weight gradient, slowly (the seed's last
     32 → 32 up-sampling onto 64×64 took 1.7× longer forward and backward with it inside, bf16;
     1.4× in fp32), where a separate ``+ bias`` costs one pass over the output.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vaekit.allocator import keep_freed_memory
 from vaekit.cli import evaluate, inspect_run, train
 from vaekit.errors import VaekitError
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # every command allocates the same large tensors step after step
     try:
         rc = args.run_command(args)  # None, or the status of a run stopped by a signal
     except VaekitError as err:

@@ -1,0 +1,92 @@
+"""The pieces of ``vaekit evaluate``'s per-sample work, each against what it replaced, alternated
+round by round at one thread:
+
+* the decoders' one-output-channel last layers — oneDNN's convolution against
+  :func:`vaekit.nn.conv_transpose2d_by_phases` / :func:`vaekit.nn.conv2d_by_taps`, eager and
+  compiled together with the Bernoulli log-likelihood that reads their output;
+* the MLP decoder's last layer and likelihood compiled — ``addmm`` + softplus form (what
+  ``compile_scoring`` did before) against ``mm`` + bias split off (:mod:`vaekit.compiling`) +
+  grouped products (:func:`vaekit.losses.bernoulli_log_likelihood_grouped`).
+
+    python benchmarks/bench_scoring_layers.py
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from common import alternate, report, threads
+
+from vaekit.compiling import compile_for_scoring
+from vaekit.losses import bernoulli_log_likelihood, bernoulli_log_likelihood_grouped
+from vaekit.nn import conv2d_by_taps, conv_transpose2d_by_phases
+
+
+def _layer_contenders(x: torch.Tensor, target: torch.Tensor, native, ours) -> dict:
+    """The layer eager both ways, and compiled with the likelihood that reads its output."""
+
+    def scored(layer):
+        return lambda x: bernoulli_log_likelihood(target, layer(x))
+
+    compiled_native, compiled_ours = torch.compile(scored(native)), torch.compile(scored(ours))
+    return {
+        "oneDNN": lambda: native(x),
+        "by taps": lambda: ours(x),
+        "oneDNN + likelihood, compiled": lambda: compiled_native(x),
+        "by taps + likelihood, compiled": lambda: compiled_ours(x),
+    }
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    rows = []
+    cases = {
+        "ConvVAE last layer: ConvTranspose2d 16→1, 4×4 stride 2, [1200, 16, 14, 14]": (
+            torch.randn(1200, 16, 14, 14),
+            torch.randn(16, 1, 4, 4),
+            lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1),
+            lambda x, w, b: conv_transpose2d_by_phases(x, w, b, (2, 2), (1, 1), (0, 0)),
+        ),
+        "VanillaVAE last layer: Conv2d 32→1, 3×3, [100, 32, 28, 28]": (
+            torch.randn(100, 32, 28, 28),
+            torch.randn(1, 32, 3, 3),
+            lambda x, w, b: F.conv2d(x, w, b, 1, 1),
+            lambda x, w, b: conv2d_by_taps(x, w, b, (1, 1), (1, 1)),
+        ),
+    }
+    with threads(1), torch.inference_mode():
+        for name, (x, weight, native, ours) in cases.items():
+            x = x.contiguous(memory_format=torch.channels_last)  # as vaekit evaluate runs conv models
+            bias = torch.randn(1)
+            target = torch.bernoulli(torch.rand(1, 1, 28, 28))
+            contenders = _layer_contenders(
+                x,
+                target,
+                lambda x, w=weight, b=bias, f=native: f(x, w, b),
+                lambda x, w=weight, b=bias, f=ours: f(x, w, b),
+            )
+            times = alternate(contenders, rounds=9)
+            for what, t in times.items():
+                rows.append({"layer": name, "how": what, "median_ms": t["median_ms"], "min_ms": t["min_ms"]})
+
+        hidden, weight, bias = torch.randn(4800, 300), torch.randn(784, 300), torch.randn(784)
+        target = torch.bernoulli(torch.rand(1, 784))
+        before = torch.compile(lambda h: bernoulli_log_likelihood(target, F.linear(h, weight, bias)))
+        after = compile_for_scoring(
+            lambda h: bernoulli_log_likelihood_grouped(target, F.linear(h, weight, bias)), hidden.device
+        )
+        name = "MLP last layer + likelihood: [4800, 300] @ [300, 784], compiled"
+        times = alternate(
+            {
+                "addmm + softplus form": lambda: before(hidden),
+                "mm, bias split + grouped products": lambda: after(hidden),
+            },
+            rounds=9,
+        )
+        for what, t in times.items():
+            rows.append({"layer": name, "how": what, "median_ms": t["median_ms"], "min_ms": t["min_ms"]})
+    report("bench_scoring_layers", rows, ["layer", "how", "median_ms", "min_ms"])
+
+
+if __name__ == "__main__":
+    main()

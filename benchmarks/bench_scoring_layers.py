@@ -28,7 +28,10 @@ def _layer_contenders(x: torch.Tensor, target: torch.Tensor, native, ours) -> di
     def scored(layer):
         return lambda x: bernoulli_log_likelihood(target, layer(x))
 
-    compiled_native, compiled_ours = torch.compile(scored(native)), torch.compile(scored(ours))
+    # static shapes, as compile_scoring compiles: a recompile for the second layer would otherwise
+    # turn on dynamic shapes
+    compiled_native = torch.compile(scored(native), dynamic=False)
+    compiled_ours = torch.compile(scored(ours), dynamic=False)
     return {
         "oneDNN": lambda: native(x),
         "by taps": lambda: ours(x),
@@ -71,7 +74,9 @@ def main() -> None:
 
         hidden, weight, bias = torch.randn(4800, 300), torch.randn(784, 300), torch.randn(784)
         target = torch.bernoulli(torch.rand(1, 784))
-        before = torch.compile(lambda h: bernoulli_log_likelihood(target, F.linear(h, weight, bias)))
+        before = torch.compile(
+            lambda h: bernoulli_log_likelihood(target, F.linear(h, weight, bias)), dynamic=False
+        )
         after = compile_for_scoring(
             lambda h: bernoulli_log_likelihood_grouped(target, F.linear(h, weight, bias)), hidden.device
         )

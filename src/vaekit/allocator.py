@@ -5,8 +5,8 @@ fresh from the kernel and unmapped when freed, and freed memory at the top of th
 dynamic threshold is handed back; the next step's tensors of the same size then fault their pages
 in again, one 4 KiB page at a time, and every page is zeroed by the kernel first. A training step
 or an evaluation call allocates and frees the same large tensors over and over, so this is paid on
-every step: with :func:`keep_freed_memory` the default job's step took 36 ms instead of 41, and an
-eager MLP log p(x) call ran at 46% of the matmul rate instead of 32% (``docs/performance.md``).
+every step: with :func:`keep_freed_memory` the default job's step took 38 ms instead of 44, and an
+eager MLP log p(x) call ran at 52% of the matmul rate instead of 39% (``docs/performance.md``).
 """
 
 from __future__ import annotations

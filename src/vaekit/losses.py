@@ -79,7 +79,7 @@ def bernoulli_log_likelihood_grouped(x: Tensor, logits: Tensor) -> Tensor:
         log p(x|z) = Σ_i (x_i ℓ_i − max(ℓ_i, 0)) − Σ_g log Π_{i∈g} (1 + e^{−|ℓ_i|})
 
     Each factor lies in (1, 2], so a product of at most 64 stays finite in float32, and its rounding
-    (≤ 64 ulp, relative) moves the result by ≤ 4·10⁻⁶ nats per group. Compiled, the whole sum is
+    (≤ 64 ulp, relative) moves the result by ≤ 4·10⁻⁶ nats per product. Compiled, the whole sum is
     one pass over the logits with one exp per pixel; eager it is slower than the softplus form,
     which is why only :meth:`~vaekit.models.AutoEncoder.compile_scoring` turns it on. Falls back to
     that form when an example's size is not a multiple of 16 or the logits are not float32/float64

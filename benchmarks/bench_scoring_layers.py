@@ -2,8 +2,9 @@
 round by round at one thread:
 
 * the decoders' one-output-channel last layers — oneDNN's convolution against
-  :func:`vaekit.nn.conv_transpose2d_by_phases` / :func:`vaekit.nn.conv2d_by_taps`, eager and
-  compiled together with the Bernoulli log-likelihood that reads their output;
+  :func:`vaekit.nn.conv_transpose2d_by_phases` / :func:`vaekit.nn.conv2d_by_taps`, eager, and
+  compiled together with the Bernoulli log-likelihood that reads their output (the softplus form
+  before, the grouped products now);
 * the MLP decoder's last layer and likelihood compiled — ``addmm`` + softplus form (what
   ``compile_scoring`` did before) against ``mm`` + bias split off (:mod:`vaekit.compiling`) +
   grouped products (:func:`vaekit.losses.bernoulli_log_likelihood_grouped`).
@@ -23,20 +24,27 @@ from vaekit.nn import conv2d_by_taps, conv_transpose2d_by_phases
 
 
 def _layer_contenders(x: torch.Tensor, target: torch.Tensor, native, ours) -> dict:
-    """The layer eager both ways, and compiled with the likelihood that reads its output."""
+    """The layer eager both ways, and compiled with the likelihood that reads its output as
+    ``compile_scoring`` compiles them: before, oneDNN and the softplus form; now, the taps and the
+    grouped products. ``target`` is one batch of images ``[B, ...]``; the layer's ``[S·B, ...]``
+    output is scored as S samples of it, as ``GaussianLatentVAE._log_px_given_z`` does."""
 
-    def scored(layer):
-        return lambda x: bernoulli_log_likelihood(target, layer(x))
+    def scored(layer, likelihood):
+        def score(x: torch.Tensor) -> torch.Tensor:
+            logits = layer(x)
+            return likelihood(target, logits.view(-1, *target.shape))  # [S, B]
+
+        return score
 
     # static shapes, as compile_scoring compiles: a recompile for the second layer would otherwise
     # turn on dynamic shapes
-    compiled_native = torch.compile(scored(native), dynamic=False)
-    compiled_ours = torch.compile(scored(ours), dynamic=False)
+    before = torch.compile(scored(native, bernoulli_log_likelihood), dynamic=False)
+    now = torch.compile(scored(ours, bernoulli_log_likelihood_grouped), dynamic=False)
     return {
         "oneDNN": lambda: native(x),
         "by taps": lambda: ours(x),
-        "oneDNN + likelihood, compiled": lambda: compiled_native(x),
-        "by taps + likelihood, compiled": lambda: compiled_ours(x),
+        "oneDNN + softplus form, compiled": lambda: before(x),
+        "by taps + grouped products, compiled": lambda: now(x),
     }
 
 
@@ -61,7 +69,7 @@ def main() -> None:
         for name, (x, weight, native, ours) in cases.items():
             x = x.contiguous(memory_format=torch.channels_last)  # as vaekit evaluate runs conv models
             bias = torch.randn(1)
-            target = torch.bernoulli(torch.rand(1, 1, 28, 28))
+            target = torch.bernoulli(torch.rand(100, 1, 28, 28))  # 100 images, len(x) / 100 samples each
             contenders = _layer_contenders(
                 x,
                 target,

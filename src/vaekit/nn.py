@@ -104,7 +104,12 @@ def _tap_planes(x: Tensor, weight_by_tap: Tensor) -> Tensor:
     batch, c_in, height, width = x.shape
     kh, kw, c_out, _ = weight_by_tap.shape
     rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, c_in)  # [N·H·W, C_in]
-    planes = weight_by_tap.reshape(kh * kw * c_out, c_in) @ rows.t()  # [kh·kw·C_out, N·H·W]
+    # Products and the shifted sums over them in float32 (float64 stays), as a convolution
+    # accumulates, also for bf16 operands: the callers round the result to the input's dtype once.
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    weight_matrix = weight_by_tap.reshape(kh * kw * c_out, c_in).to(dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        planes = weight_matrix @ rows.t().to(dtype)  # [kh·kw·C_out, N·H·W]
     return planes.view(kh, kw, c_out, batch, height, width)
 
 
@@ -133,7 +138,7 @@ def conv2d_by_taps(
     )
     if bias is not None:
         out = out + bias.view(-1, 1, 1, 1)
-    return out.transpose(0, 1)
+    return out.to(x.dtype).transpose(0, 1)
 
 
 def conv_transpose2d_by_phases(
@@ -177,7 +182,7 @@ def conv_transpose2d_by_phases(
     out = full[:, :, ph : full_h - ph, pw : full_w - pw]  # [C_out, N, H_out, W_out]
     if bias is not None:
         out = out + bias.view(-1, 1, 1, 1)
-    return out.transpose(0, 1)
+    return out.to(x.dtype).transpose(0, 1)
 
 
 class Conv2d(nn.Conv2d):
@@ -236,8 +241,9 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             out = self._as_product(input)
         elif self.out_channels <= FEW_OUTPUT_CHANNELS and not torch.is_grad_enabled():
             weight = _autocast_operand(self.weight, input)
-            out = conv_transpose2d_by_phases(
-                input.to(weight.dtype), weight, None, self.stride, self.padding, self.output_padding
+            bias = None if self.bias is None else _autocast_operand(self.bias, input)
+            return conv_transpose2d_by_phases(  # the bias added in float32 before rounding
+                input.to(weight.dtype), weight, bias, self.stride, self.padding, self.output_padding
             )
         else:
             out = F.conv_transpose2d(

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import torch
-from common import machine, report
+from common import machine, profile_top_ops, show_comparison
 
 from vaekit import train as trainer
 from vaekit.config import load_config
@@ -68,7 +68,7 @@ def measure(quick: bool) -> dict[str, Any]:
         "images_per_s": images / (total_feed + total_step),
         "data_feed_fraction": fraction,
     }
-    return {
+    result = {
         "title": "Data feed of the default training job (`vaekit train`)",
         "fair": "the trainer's own session (_setup) and step function, in the trainer's order "
         "(next batch, then step), every step timed in its two parts; same process, same threads",
@@ -82,13 +82,22 @@ def measure(quick: bool) -> dict[str, Any]:
         },
         "machine": machine(),
     }
+    if not quick:  # where a step's time goes: the trainer's step on the loader's next batches
+        batches = iter(run.loader)
+
+        def one_step() -> None:
+            x, labels = next(batches)
+            trainer._train_step(run, x.to(device), labels, trainer.kl_weight(cfg.train, step), step, epochs)
+
+        result["profile"] = profile_top_ops({"default job, one training step": one_step}, repeats=3, rows=10)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     result = measure(parser.parse_args().quick)
-    report("data_feed", result["rows"], result["columns"])
+    show_comparison("data_feed", result)
     print({key: round(value, 5) for key, value in result["metrics"].items()})
 
 

@@ -202,14 +202,19 @@ def vq_latent_loss(z_e: Tensor, z_q: Tensor, beta: float, codebook_term: bool = 
 # --- Bounds -------------------------------------------------------------------------------------
 
 
-def reparameterize(mu: Tensor, log_var: Tensor, num_samples: int | None = None) -> Tensor:
+def reparameterize(
+    mu: Tensor, log_var: Tensor, num_samples: int | None = None, noise: Tensor | None = None
+) -> Tensor:
     """z = μ + σ ⊙ ε with ε ~ N(0, I) (AEVB §2.4): a sample of q(z|x) differentiable in μ, σ.
 
-    ``[B, D] -> [B, D]``, or ``[S, B, D]`` with ``num_samples=S``.
+    ``[B, D] -> [B, D]``, or ``[S, B, D]`` with ``num_samples=S``. ``noise``: ε given (drawn
+    beforehand, e.g. outside a compiled graph) instead of drawn here, ``[B, D]`` or ``[S, B, D]``.
     """
     std = torch.exp(0.5 * log_var)
-    shape = std.shape if num_samples is None else (num_samples, *std.shape)
-    return mu + std * torch.randn(shape, dtype=std.dtype, device=std.device)
+    if noise is None:
+        shape = std.shape if num_samples is None else (num_samples, *std.shape)
+        noise = torch.randn(shape, dtype=std.dtype, device=std.device)
+    return mu + std * noise
 
 
 def elbo(log_px_given_z: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:

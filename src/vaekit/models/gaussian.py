@@ -153,7 +153,7 @@ class GaussianLatentVAE(AutoEncoder):
         components = self.prior_components()  # the VampPrior's mixture, encoded once for all k
 
         def log_weights(n: int) -> Tensor:  # [n, B]
-            noise = torch.randn((n, *mu.shape), dtype=mu.dtype, device=mu.device)  # as reparameterize
+            noise = torch.randn((n, *mu.shape), dtype=mu.dtype, device=mu.device)  # ε, drawn eagerly
             return self._log_weights(x, mu, log_var, noise, components)
 
         return estimate_log_px(log_weights, num_samples, chunk_size)
@@ -163,7 +163,7 @@ class GaussianLatentVAE(AutoEncoder):
     ) -> Tensor:
         """The log-weights log p(x|z) + log p(z) − log q(z|x) at z = μ + σ ⊙ ε, ``noise`` ε ``[S, B, D]``
         -> ``[S, B]``."""
-        z = mu + torch.exp(0.5 * log_var) * noise  # [S, B, D], reparameterize's z
+        z = reparameterize(mu, log_var, noise=noise)  # [S, B, D]
         log_q = diagonal_gaussian_log_prob(z, mu, log_var)
         return self._log_px_given_z(x, z) + self.prior_log_prob(z, components) - log_q
 

@@ -4,7 +4,8 @@ round by round at one thread:
 * the decoders' one-output-channel last layers — oneDNN's convolution against
   :func:`vaekit.nn.conv_transpose2d_by_phases` / :func:`vaekit.nn.conv2d_by_taps`, eager, and
   compiled together with the Bernoulli log-likelihood that reads their output (the softplus form
-  before, the grouped products now);
+  before, the grouped products now); for the transposed conv also with its phases not interleaved
+  and the target put in their pixel order (``ConvVAE.decode_in_any_pixel_order``);
 * the MLP decoder's last layer and likelihood compiled — ``addmm`` + softplus form (what
   ``compile_scoring`` did before) against ``mm`` + bias split off (:mod:`vaekit.compiling`) +
   grouped products (:func:`vaekit.losses.bernoulli_log_likelihood_grouped`).
@@ -20,14 +21,15 @@ from common import alternate, report, threads
 
 from vaekit.compiling import compile_for_scoring
 from vaekit.losses import bernoulli_log_likelihood, bernoulli_log_likelihood_grouped
-from vaekit.nn import conv2d_by_taps, conv_transpose2d_by_phases
+from vaekit.nn import conv2d_by_taps, conv_transpose2d_by_phases, phase_pixel_order
 
 
-def _layer_contenders(x: torch.Tensor, target: torch.Tensor, native, ours) -> dict:
+def _layer_contenders(x: torch.Tensor, target: torch.Tensor, native, ours, ours_in_any_order=None) -> dict:
     """The layer eager both ways, and compiled with the likelihood that reads its output as
     ``compile_scoring`` compiles them: before, oneDNN and the softplus form; now, the taps and the
     grouped products. ``target`` is one batch of images ``[B, ...]``; the layer's ``[S·B, ...]``
-    output is scored as S samples of it, as ``GaussianLatentVAE._log_px_given_z`` does."""
+    output is scored as S samples of it, as ``GaussianLatentVAE._log_px_given_z`` does.
+    ``ours_in_any_order`` gives ``(output, pixel order)``, the order also applied to the target."""
 
     def scored(layer, likelihood):
         def score(x: torch.Tensor) -> torch.Tensor:
@@ -40,12 +42,22 @@ def _layer_contenders(x: torch.Tensor, target: torch.Tensor, native, ours) -> di
     # turn on dynamic shapes
     before = torch.compile(scored(native, bernoulli_log_likelihood), dynamic=False)
     now = torch.compile(scored(ours, bernoulli_log_likelihood_grouped), dynamic=False)
-    return {
+    contenders = {
         "oneDNN": lambda: native(x),
         "by taps": lambda: ours(x),
         "oneDNN + softplus form, compiled": lambda: before(x),
         "by taps + grouped products, compiled": lambda: now(x),
     }
+    if ours_in_any_order is not None:
+
+        def score_in_any_order(x: torch.Tensor) -> torch.Tensor:
+            logits, order = ours_in_any_order(x)
+            in_order = target.flatten(2)[:, :, order].view(target.shape)
+            return bernoulli_log_likelihood_grouped(in_order, logits.view(-1, *target.shape))
+
+        in_any_order = torch.compile(score_in_any_order, dynamic=False)
+        contenders["by taps, phase order + grouped products, compiled"] = lambda: in_any_order(x)
+    return contenders
 
 
 def main() -> None:
@@ -57,16 +69,21 @@ def main() -> None:
             torch.randn(16, 1, 4, 4),
             lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1),
             lambda x, w, b: conv_transpose2d_by_phases(x, w, b, (2, 2), (1, 1), (0, 0)),
+            lambda x, w, b: (
+                conv_transpose2d_by_phases(x, w, b, (2, 2), (1, 1), (0, 0), interleave=False),
+                phase_pixel_order((28, 28), (2, 2), (1, 1)),
+            ),
         ),
         "VanillaVAE last layer: Conv2d 32→1, 3×3, [100, 32, 28, 28]": (
             torch.randn(100, 32, 28, 28),
             torch.randn(1, 32, 3, 3),
             lambda x, w, b: F.conv2d(x, w, b, 1, 1),
             lambda x, w, b: conv2d_by_taps(x, w, b, (1, 1), (1, 1)),
+            None,  # a stride-1 conv has one phase: its output is in the image's order already
         ),
     }
     with threads(1), torch.inference_mode():
-        for name, (x, weight, native, ours) in cases.items():
+        for name, (x, weight, native, ours, ours_in_any_order) in cases.items():
             x = x.contiguous(memory_format=torch.channels_last)  # as vaekit evaluate runs conv models
             bias = torch.randn(1)
             target = torch.bernoulli(torch.rand(100, 1, 28, 28))  # 100 images, len(x) / 100 samples each
@@ -75,6 +92,7 @@ def main() -> None:
                 target,
                 lambda x, w=weight, b=bias, f=native: f(x, w, b),
                 lambda x, w=weight, b=bias, f=ours: f(x, w, b),
+                ours_in_any_order and (lambda x, w=weight, b=bias, f=ours_in_any_order: f(x, w, b)),
             )
             times = alternate(contenders, rounds=9)
             for what, t in times.items():

@@ -12,8 +12,9 @@ subset, and compares the rate with the best fp32 matrix product of the same sitt
 Models: the exemplar-fashion MLP VAE (2×300, 40 latents), its ``ConvVAE`` and the default job's
 ``VanillaVAE`` [32, 64, 128] (16 latents), all 28×28 Bernoulli, random weights (the cost does not
 depend on them). The matmul contenders and the log p(x) calls are timed in turn, round after round
-(``common.alternate``), so load from elsewhere hits them alike. Extrapolated minutes are for the
-exemplar protocol: 10,000 test images × k = 5000.
+(``common.alternate``), so load from elsewhere hits them alike. Minutes are for the exemplar
+protocol, 10,000 test images × k = 5000, from each model timed at two values of k (what a batch
+costs once, what each sample adds).
 """
 
 from __future__ import annotations
@@ -84,10 +85,21 @@ def _score(model: AutoEncoder, x: torch.Tensor, k: int, chunk: int) -> None:
     model.elbo(x)
 
 
+def sample_counts(k: int, chunk: int) -> tuple[int, int]:
+    """The two values of k a model is timed at, whole chunks each: about k, and about k / 4."""
+    high = max(2, round(k / chunk)) * chunk
+    return max(1, round(high / 4 / chunk)) * chunk, high
+
+
 def sitting(
     threads: int, ks: list[int], rounds: int, x: torch.Tensor
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """One alternated sitting at ``threads`` intra-op threads: the table rows, and the metrics."""
+    """One alternated sitting at ``threads`` intra-op threads: the table rows, and the metrics.
+
+    Each model is timed at two values of k: a batch costs a + b·k (the encoder and the one-sample
+    ELBO once per batch, the decoder and likelihood once per sample), and the protocol's minutes
+    are a + b·5000 per batch of images — extrapolating one k linearly would charge the per-batch
+    part 5000 / k times over."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     # the three models share GaussianLatentVAE._log_weights: each model and chunk shape is a
@@ -100,19 +112,25 @@ def sitting(
             for m, k, n in MATMUL_SIZES:
                 name = f"matmul {label} [{m}, {k}] @ [{k}, {n}]"
                 contenders[name], flop_of[name] = matmul_contender(m, k, n, dtype)
-        rows_in: list[tuple[str, AutoEncoder, int, float, float]] = []
+        rows_in: list[tuple[str, AutoEncoder, tuple[int, int], float, float]] = []
         for (name, model), k in zip(models().items(), ks, strict=True):
             model = model.eval().to(memory_format=torch.channels_last)  # as vaekit.runs.evaluate_run
             per_sample, per_image = flops_per_sample(model, x[:10])
-            rows_in.append((name, model, k, per_sample, per_image))
-            contenders[name] = lambda m=model, k=k: likelihood_metrics(m, [x], iw_samples=k, seed=0)
             # `vaekit evaluate --compile`: compiled once here (the warm-up round), as one evaluation
             # compiles once for all its batches; the same per-batch work as likelihood_metrics
             compiled = fold_batchnorm(model)
             compiled.compile_scoring()
-            chunk = auto_chunk(x, k, widest_activation(compiled, x))
-            rows_in.append((f"{name}, compiled", compiled, k, per_sample, per_image))
-            contenders[f"{name}, compiled"] = lambda m=compiled, k=k, c=chunk: _score(m, x, k, c)
+            chunk = auto_chunk(x, PROTOCOL_K, widest_activation(compiled, x))
+            counts = sample_counts(k, chunk)
+            rows_in.append((name, model, counts, per_sample, per_image))
+            rows_in.append((f"{name}, compiled", compiled, counts, per_sample, per_image))
+            for count in counts:
+                contenders[f"{name} @ k={count}"] = lambda m=model, k=count: likelihood_metrics(
+                    m, [x], iw_samples=k, seed=0
+                )
+                contenders[f"{name}, compiled @ k={count}"] = lambda m=compiled, k=count, c=chunk: _score(
+                    m, x, k, c
+                )
         times = alternate(contenders, rounds=rounds, warmup=1)
     finally:
         torch.set_num_threads(previous)
@@ -127,24 +145,27 @@ def sitting(
         )
     ratios: dict[str, float] = {}
     minutes_of: dict[str, float] = {}
-    for name, model, k, per_sample, per_image in rows_in:
-        seconds = times[name]["median_ms"] / 1000
-        samples = len(x) * k
-        achieved = (samples * per_sample + len(x) * per_image) / seconds
-        minutes = (PROTOCOL_IMAGES * PROTOCOL_K / samples) * seconds / 60
-        at_peak = PROTOCOL_IMAGES * (PROTOCOL_K * per_sample + per_image) / peak / 60
+    for name, model, (k_low, k_high), per_sample, per_image in rows_in:
+        low, high = (times[f"{name} @ k={count}"]["median_ms"] / 1000 for count in (k_low, k_high))
+        per_sample_s = (high - low) / (k_high - k_low) / len(x)  # b / images: one sample of one image
+        per_batch_s = high - k_high * len(x) * per_sample_s  # a: the encoder, the ELBO, the calls
+        batch_s = per_batch_s + PROTOCOL_K * len(x) * per_sample_s  # one batch of the protocol
+        minutes = PROTOCOL_IMAGES / len(x) * batch_s / 60
+        flops = PROTOCOL_IMAGES * (PROTOCOL_K * per_sample + per_image)
+        at_peak = flops / peak / 60
         ratios[name], minutes_of[name] = minutes / at_peak, minutes
         rows.append(
             {
                 "threads": threads,
                 "what": f"log p(x), {name}",
-                "k": k,
-                "chunk": auto_chunk(x, k, widest_activation(model, x)),
+                "k timed": f"{k_low}, {k_high}",
+                "chunk": auto_chunk(x, PROTOCOL_K, widest_activation(model, x)),
                 "MFLOP/sample": per_sample / 1e6,
                 "MFLOP/image (encoder)": per_image / 1e6,
-                "samples/s": samples / seconds,
-                "GFLOP/s": achieved / 1e9,
-                "fraction of fp32 peak": achieved / peak,
+                "µs/sample": per_sample_s * 1e6,
+                "ms/batch of 100, once": per_batch_s * 1e3,
+                "GFLOP/s": flops / (minutes * 60) / 1e9,
+                "fraction of fp32 peak": at_peak / minutes,
                 "minutes, 10k × k=5000": minutes,
                 "minutes at peak": at_peak,
             }
@@ -202,11 +223,12 @@ def measure(quick: bool) -> dict[str, Any]:
         "columns": [
             "threads",
             "what",
-            "k",
+            "k timed",
             "chunk",
             "MFLOP/sample",
             "MFLOP/image (encoder)",
-            "samples/s",
+            "µs/sample",
+            "ms/batch of 100, once",
             "GFLOP/s",
             "fraction of fp32 peak",
             "minutes, 10k × k=5000",

@@ -15,6 +15,7 @@ from vaekit.nn import (
     ConvTranspose2d,
     conv2d_by_taps,
     conv_transpose2d_by_phases,
+    phase_pixel_order,
 )
 
 TRANSPOSED = [  # (N, C_in, H, W, C_out, kernel, stride, padding, output_padding)
@@ -53,6 +54,49 @@ def test_transposed_by_phases_is_torchs_transposed_conv(case, layout):
     assert (
         conv_transpose2d_by_phases(x, weight, None, (s, s), (p, p), (op, op)).double() - exact
     ).abs().max() <= 1e-6 * scale + 1e-6
+
+
+@pytest.mark.parametrize("case", TRANSPOSED, ids=str)
+def test_phases_not_interleaved_are_the_output_in_phase_pixel_order(case):
+    n, c_in, h, w, c_out, k, s, p, op = case
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(n, c_in, h, w), torch.randn(c_in, c_out, k, k), torch.randn(c_out)
+    exact = F.conv_transpose2d(x.double(), weight.double(), bias.double(), s, p, op)  # [N, C, H, W]
+    ours = conv_transpose2d_by_phases(x, weight, bias, (s, s), (p, p), (op, op), interleave=False)
+    order = phase_pixel_order(exact.shape[2:], (s, s), (p, p))
+    out_h, out_w = exact.shape[2:]
+    assert ours.shape == exact.shape
+    assert sorted(order.tolist()) == list(range(out_h * out_w))  # a permutation of the pixels
+    # by the definition: phase (r_h, r_w) = the pixels y ≡ r_h − p (mod s), x ≡ r_w − p, row by row
+    expected = [
+        y * out_w + x_
+        for r_h in range(s)
+        for r_w in range(s)
+        for y in range(out_h)
+        for x_ in range(out_w)
+        if (y + p - r_h) % s == 0 and (x_ + p - r_w) % s == 0
+    ]
+    assert order.tolist() == expected
+    in_order = exact.flatten(2)[:, :, order].view(exact.shape)
+    assert (ours.double() - in_order).abs().max().item() <= 1e-6 * exact.abs().max().item() + 1e-6
+
+
+def test_forward_in_any_pixel_order_is_forward_permuted_and_falls_back_with_autograd():
+    torch.manual_seed(0)
+    layer = ConvTranspose2d(8, 2, 4, stride=2, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 8, 7, 7).contiguous(memory_format=torch.channels_last)
+    out, order = layer.forward_in_any_pixel_order(x)  # autograd on: torch's conv, the image's order
+    assert order is None and out.requires_grad
+    with torch.no_grad():
+        image = layer(x)
+        scrambled, order = layer.forward_in_any_pixel_order(x)
+    assert order is not None and not torch.equal(order, torch.arange(14 * 14))
+    torch.testing.assert_close(
+        scrambled, image.flatten(2)[:, :, order].view(image.shape), rtol=1e-5, atol=1e-5
+    )
+    wide = ConvTranspose2d(8, FEW_OUTPUT_CHANNELS + 1, 4, stride=2, padding=1)
+    with torch.no_grad():
+        assert wide.forward_in_any_pixel_order(x)[1] is None
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -130,3 +174,27 @@ def test_under_bf16_autocast_the_paths_round_like_a_convolution():
         assert a.dtype == b.dtype == torch.bfloat16
         ours_error, torch_error = ((t.double() - exact).abs().max().item() for t in (a, b))
         assert ours_error <= torch_error + 2**-9 * exact.abs().max().item(), (ours_error, torch_error)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_conv_vae_log_weights_in_phase_order_are_the_image_orders(likelihood):
+    """log p(x|z) summed over the last layer's phases (x put in their order) is the sum over the
+    image: a 3-channel, odd, non-square ConvVAE with a learned σ per channel."""
+    from vaekit import ConvVAE
+
+    torch.manual_seed(0)
+    model = ConvVAE(
+        3, 6, hidden_dims=[4, 8], fc_dim=20, image_size=(13, 18), likelihood=likelihood, learn_sigma=True
+    )
+    if likelihood == "gaussian":
+        model.likelihood.log_scale.data = torch.tensor([-1.0, 0.0, 0.5]).view(3, 1, 1)
+        x = torch.rand(5, 3, 13, 18) * 2 - 1
+    else:
+        x = torch.bernoulli(torch.rand(5, 3, 13, 18))
+    z = torch.randn(4, 5, 6)  # [S, B, D]
+    image_order = model._log_px_given_z(x, z).detach()  # autograd on: torch's convolutions
+    with torch.no_grad():
+        assert model.decode_in_any_pixel_order(z[0])[1] is not None  # the phase path is taken
+        any_order = model._log_px_given_z(x, z, any_pixel_order=True)
+    assert any_order.shape == (4, 5)
+    torch.testing.assert_close(any_order, image_order, rtol=1e-5, atol=1e-4)

@@ -141,6 +141,31 @@ def conv2d_by_taps(
     return out.to(x.dtype).transpose(0, 1)
 
 
+def _phase_range(out_size: int, stride: int, padding: int, phase: int) -> tuple[int, int]:
+    """The rows a, a_lo ≤ a < a_hi, of one phase's grid that land inside the cropped output: row a
+    of phase r is output row s·a + r − p."""
+    return -(-(padding - phase) // stride), -(-(out_size + padding - phase) // stride)
+
+
+def phase_pixel_order(
+    out_size: Sequence[int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    device: torch.device | None = None,
+) -> Tensor:
+    """The pixel order of :func:`conv_transpose2d_by_phases` with ``interleave=False``: for each of
+    an ``[H_out, W_out]`` map's pixels in that order, its index ``y·W_out + x`` in the image. Phase
+    by phase (r_h, r_w), row by row: the pixels y ≡ r_h − p (mod s_h), x ≡ r_w − p (mod s_w)."""
+    (out_h, out_w), (sh, sw), (ph, pw) = out_size, stride, padding
+    pieces = []
+    for r_h in range(sh):
+        rows = torch.arange(*_phase_range(out_h, sh, ph, r_h), device=device) * sh + r_h - ph
+        for r_w in range(sw):
+            cols = torch.arange(*_phase_range(out_w, sw, pw, r_w), device=device) * sw + r_w - pw
+            pieces.append((rows[:, None] * out_w + cols[None, :]).flatten())
+    return torch.cat(pieces)
+
+
 def conv_transpose2d_by_phases(
     x: Tensor,
     weight: Tensor,
@@ -148,6 +173,7 @@ def conv_transpose2d_by_phases(
     stride: tuple[int, int],
     padding: tuple[int, int],
     output_padding: tuple[int, int],
+    interleave: bool = True,
 ) -> Tensor:
     """A transposed convolution as one matrix product and, per output phase, a sum of shifted taps.
 
@@ -158,16 +184,22 @@ def conv_transpose2d_by_phases(
     cropped. The product runs at the matrix-multiply rate; the shifted sums read kh·kw/s² values per
     output, cheap for a few output channels. ``x: [N, C_in, H, W]``, ``weight: [C_in, C_out, kh, kw]``
     -> ``[N, C_out, H_out, W_out]``.
+
+    ``interleave=False`` skips the interleaving: each phase is cropped and the phases follow one
+    another, so each channel's ``H_out·W_out`` pixels come in the order of :func:`phase_pixel_order`
+    (still shaped ``[N, C_out, H_out, W_out]``). A sum over pixels — a factorised likelihood — can
+    take them so once its target is put in the same order; interleaving is a strided scatter that a
+    compiler vectorises badly (for the ConvVAE's last layer it cost as much as the likelihood).
     """
     batch, _, height, width = x.shape
     _, c_out, kh, kw = weight.shape
     (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
     full_h, full_w = (height - 1) * sh + kh + oh, (width - 1) * sw + kw + ow  # before cropping
+    out_h, out_w = full_h - 2 * ph, full_w - 2 * pw
     rows_h, rows_w = -(-full_h // sh), -(-full_w // sw)  # rows and columns of one phase
     planes = _tap_planes(x, weight.permute(2, 3, 1, 0))  # [kh, kw, C_out, N, H, W]
-    phase_rows = []
+    phases = []  # [C_out, N, rows_h, rows_w] for each (r_h, r_w)
     for r_h in range(sh):
-        phases = []  # [C_out, N, rows_h, rows_w] for each r_w
         for r_w in range(sw):
             terms = [
                 # tap (i, j) lands i // s_h phase rows below (and j // s_w columns right of) its input
@@ -176,10 +208,18 @@ def conv_transpose2d_by_phases(
                 for j in range(r_w, kw, sw)
             ]
             phases.append(sum(terms) if terms else planes.new_zeros(c_out, batch, rows_h, rows_w))
-        phase_rows.append(torch.stack(phases, dim=-1))  # [C_out, N, rows_h, rows_w, s_w]
-    # stacked as [C_out, N, rows_h, s_h, rows_w, s_w]: uncropped row s_h·a + r_h, column s_w·b + r_w
-    full = torch.stack(phase_rows, dim=3).view(c_out, batch, rows_h * sh, rows_w * sw)
-    out = full[:, :, ph : full_h - ph, pw : full_w - pw]  # [C_out, N, H_out, W_out]
+    if interleave:
+        # [s_h, s_w, C_out, N, rows_h, rows_w] -> [C_out, N, rows_h, s_h, rows_w, s_w]: uncropped row
+        # s_h·a + r_h, column s_w·b + r_w
+        grid = torch.stack(phases).view(sh, sw, c_out, batch, rows_h, rows_w).permute(2, 3, 4, 0, 5, 1)
+        full = grid.reshape(c_out, batch, rows_h * sh, rows_w * sw)
+        out = full[:, :, ph : full_h - ph, pw : full_w - pw]  # [C_out, N, H_out, W_out]
+    else:  # each phase's rows and columns inside the output, flattened, one phase after another
+        inside = [
+            phase[:, :, slice(*_phase_range(out_h, sh, ph, r_h)), slice(*_phase_range(out_w, sw, pw, r_w))]
+            for (r_h, r_w), phase in zip(itertools.product(range(sh), range(sw)), phases, strict=True)
+        ]
+        out = torch.cat([phase.flatten(2) for phase in inside], dim=2).view(c_out, batch, out_h, out_w)
     if bias is not None:
         out = out + bias.view(-1, 1, 1, 1)
     return out.to(x.dtype).transpose(0, 1)
@@ -239,12 +279,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         batch, _, height, width = input.shape
         if height * width <= GEMM_MAX_POSITIONS:
             out = self._as_product(input)
-        elif self.out_channels <= FEW_OUTPUT_CHANNELS and not torch.is_grad_enabled():
-            weight = _autocast_operand(self.weight, input)
-            bias = None if self.bias is None else _autocast_operand(self.bias, input)
-            return conv_transpose2d_by_phases(  # the bias added in float32 before rounding
-                input.to(weight.dtype), weight, bias, self.stride, self.padding, self.output_padding
-            )
+        elif self._by_phases(input):
+            return self._phases(input, interleave=True)
         else:
             out = F.conv_transpose2d(
                 input, self.weight, None, self.stride, self.padding, self.output_padding, self.groups
@@ -252,6 +288,28 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         if self.bias is None:
             return out
         return out + _autocast_operand(self.bias, input).view(1, -1, 1, 1)
+
+    def forward_in_any_pixel_order(self, input: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The output ``[N, C_out, H_out, W_out]`` with each channel's pixels in the order cheapest to
+        compute, and that order: indices into the ``H_out·W_out`` pixels (:func:`phase_pixel_order`),
+        or None for the image's own. For a sum over pixels, such as a factorised likelihood, whose
+        other operands are put in the same order."""
+        positions = input.shape[2] * input.shape[3] if input.dim() == 4 else 0
+        if _on_cpu_plain(self, input) and positions > GEMM_MAX_POSITIONS and self._by_phases(input):
+            out = self._phases(input, interleave=False)
+            return out, phase_pixel_order(out.shape[2:], self.stride, self.padding, out.device)
+        return self(input), None
+
+    def _by_phases(self, input: Tensor) -> bool:
+        """Whether :func:`conv_transpose2d_by_phases` computes this layer on this (CPU) input."""
+        return self.out_channels <= FEW_OUTPUT_CHANNELS and not torch.is_grad_enabled()
+
+    def _phases(self, input: Tensor, interleave: bool) -> Tensor:
+        weight = _autocast_operand(self.weight, input)
+        bias = None if self.bias is None else _autocast_operand(self.bias, input)
+        return conv_transpose2d_by_phases(  # the bias added in float32 before rounding
+            input.to(weight.dtype), weight, bias, self.stride, self.padding, self.output_padding, interleave
+        )
 
     def _as_product(self, input: Tensor) -> Tensor:
         """The transposed conv of a tiny map, without bias: each input position times the weight,

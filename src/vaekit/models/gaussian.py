@@ -165,7 +165,7 @@ class GaussianLatentVAE(AutoEncoder):
         -> ``[S, B]``."""
         z = reparameterize(mu, log_var, noise=noise)  # [S, B, D]
         log_q = diagonal_gaussian_log_prob(z, mu, log_var)
-        return self._log_px_given_z(x, z) + self.prior_log_prob(z, components) - log_q
+        return self._log_px_given_z(x, z, any_pixel_order=True) + self.prior_log_prob(z, components) - log_q
 
     # -- the prior ---------------------------------------------------------------------------------
     def _init_prior(self, prior: str, num_pseudo_inputs: int) -> None:
@@ -227,9 +227,22 @@ class GaussianLatentVAE(AutoEncoder):
         self.likelihood.grouped_products = True
         self._log_weights = compile_for_scoring(self._log_weights, self._device())  # type: ignore[method-assign]
 
-    def _log_px_given_z(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x|z) for z ``[S, B, D]`` -> ``[S, B]``, decoding all S·B codes in one batch."""
+    def decode_in_any_pixel_order(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`decode` with each channel's pixels in whatever order the decoder computes fastest,
+        and that order (indices into the ``H·W`` pixels), or None for the image's own. For the
+        likelihood, which sums over pixels; by default the image's order."""
+        return self.decode(z), None
+
+    def _log_px_given_z(self, x: Tensor, z: Tensor, any_pixel_order: bool = False) -> Tensor:
+        """log p(x|z) for z ``[S, B, D]`` -> ``[S, B]``, decoding all S·B codes in one batch;
+        ``any_pixel_order``: through :meth:`decode_in_any_pixel_order`, x put in the decoder's order."""
         num_samples, batch = z.shape[:2]
-        recons = self.decode(z.reshape(num_samples * batch, -1))  # [S·B, ...]
+        codes = z.reshape(num_samples * batch, -1)  # [S·B, D]
+        if any_pixel_order:
+            recons, order = self.decode_in_any_pixel_order(codes)
+        else:
+            recons, order = self.decode(codes), None
+        if order is not None:
+            x = x.flatten(2)[:, :, order].view(x.shape)  # [B, C, H, W], pixels in the decoder's order
         recons = recons.view(num_samples, batch, *recons.shape[1:])  # [S, B, ...]
         return self.likelihood.log_prob(x, recons)  # x broadcast over S, not copied: [S, B]

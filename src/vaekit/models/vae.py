@@ -192,6 +192,15 @@ class ConvVAE(GaussianLatentVAE):
         result = self.decoder_input(z).view(-1, *self.feature_shape)  # [B, C_L, h_L, w_L]
         return self.decoder(result)
 
+    def decode_in_any_pixel_order(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`decode` with the last transposed conv's phases not interleaved
+        (:meth:`vaekit.nn.ConvTranspose2d.forward_in_any_pixel_order`); the Tanh after it, if any,
+        is elementwise."""
+        hidden = self.decoder[:-2](self.decoder_input(z).view(-1, *self.feature_shape))
+        *_, last_conv, output_activation = self.decoder
+        recons, order = last_conv.forward_in_any_pixel_order(hidden)
+        return output_activation(recons), order
+
 
 class MLPVAE(GaussianLatentVAE):
     """The fully connected VAE of the AEVB paper (Kingma & Welling 2013, §5 and appendix C).

@@ -5,7 +5,7 @@ round by round at one thread:
   :func:`vaekit.nn.conv_transpose2d_by_phases` / :func:`vaekit.nn.conv2d_by_taps`, eager, and
   compiled together with the Bernoulli log-likelihood that reads their output (the softplus form
   before, the grouped products now); for the transposed conv also with its phases not interleaved
-  and the target put in their pixel order (``ConvVAE.decode_in_any_pixel_order``);
+  and the target put in their pixel order (``ConvVAE.decode_in_scoring_order``);
 * the MLP decoder's last layer and likelihood compiled — ``addmm`` + softplus form (what
   ``compile_scoring`` did before) against ``mm`` + bias split off (:mod:`vaekit.compiling`) +
   grouped products (:func:`vaekit.losses.bernoulli_log_likelihood_grouped`).

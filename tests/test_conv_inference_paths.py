@@ -15,6 +15,7 @@ from vaekit.nn import (
     ConvTranspose2d,
     conv2d_by_taps,
     conv_transpose2d_by_phases,
+    permute_pixels,
     phase_pixel_order,
 )
 
@@ -81,22 +82,22 @@ def test_phases_not_interleaved_are_the_output_in_phase_pixel_order(case):
     assert (ours.double() - in_order).abs().max().item() <= 1e-6 * exact.abs().max().item() + 1e-6
 
 
-def test_forward_in_any_pixel_order_is_forward_permuted_and_falls_back_with_autograd():
+def test_forward_in_phase_order_is_forward_permuted_on_every_path(monkeypatch):
+    phases = _recording(monkeypatch, "conv_transpose2d_by_phases")
     torch.manual_seed(0)
-    layer = ConvTranspose2d(8, 2, 4, stride=2, padding=1).to(memory_format=torch.channels_last)
-    x = torch.randn(3, 8, 7, 7).contiguous(memory_format=torch.channels_last)
-    out, order = layer.forward_in_any_pixel_order(x)  # autograd on: torch's conv, the image's order
-    assert order is None and out.requires_grad
-    with torch.no_grad():
-        image = layer(x)
-        scrambled, order = layer.forward_in_any_pixel_order(x)
-    assert order is not None and not torch.equal(order, torch.arange(14 * 14))
-    torch.testing.assert_close(
-        scrambled, image.flatten(2)[:, :, order].view(image.shape), rtol=1e-5, atol=1e-5
-    )
+    narrow = ConvTranspose2d(8, 2, 4, stride=2, padding=1).to(memory_format=torch.channels_last)
     wide = ConvTranspose2d(8, FEW_OUTPUT_CHANNELS + 1, 4, stride=2, padding=1)
-    with torch.no_grad():
-        assert wide.forward_in_any_pixel_order(x)[1] is None
+    x = torch.randn(3, 8, 7, 7).contiguous(memory_format=torch.channels_last)
+    order = phase_pixel_order((14, 14), (2, 2), (1, 1))
+    assert not torch.equal(order, torch.arange(14 * 14))
+    for layer in (narrow, wide):
+        image = layer(x)
+        in_phase_order = layer.forward_in_phase_order(x)  # autograd on: torch's conv, then permuted
+        assert in_phase_order.requires_grad
+        torch.testing.assert_close(in_phase_order, permute_pixels(image, order))
+        with torch.no_grad():
+            torch.testing.assert_close(layer.forward_in_phase_order(x), permute_pixels(image, order).detach())
+    assert phases == [1]  # only the narrow layer without autograd computed its phases apart
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -177,8 +178,8 @@ def test_under_bf16_autocast_the_paths_round_like_a_convolution():
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_conv_vae_log_weights_in_phase_order_are_the_image_orders(likelihood):
-    """log p(x|z) summed over the last layer's phases (x put in their order) is the sum over the
+def test_conv_vae_scores_in_phase_order_as_in_the_images_order(likelihood):
+    """log p(x|z) summed over the last layer's phases, x put in their order, is the sum over the
     image: a 3-channel, odd, non-square ConvVAE with a learned σ per channel."""
     from vaekit import ConvVAE
 
@@ -192,9 +193,47 @@ def test_conv_vae_log_weights_in_phase_order_are_the_image_orders(likelihood):
     else:
         x = torch.bernoulli(torch.rand(5, 3, 13, 18))
     z = torch.randn(4, 5, 6)  # [S, B, D]
+    order = model.scoring_pixel_order()
+    assert sorted(order.tolist()) == list(range(13 * 18)) and not torch.equal(order, torch.arange(13 * 18))
     image_order = model._log_px_given_z(x, z).detach()  # autograd on: torch's convolutions
     with torch.no_grad():
-        assert model.decode_in_any_pixel_order(z[0])[1] is not None  # the phase path is taken
-        any_order = model._log_px_given_z(x, z, any_pixel_order=True)
-    assert any_order.shape == (4, 5)
-    torch.testing.assert_close(any_order, image_order, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            model.decode_in_scoring_order(z[0]),
+            permute_pixels(model.decode(z[0]), order),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        phase_order = model._log_px_given_z(permute_pixels(x, order), z, scoring_order=True)
+    assert phase_order.shape == (4, 5)
+    torch.testing.assert_close(phase_order, image_order, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_conv_vae_log_px_is_the_importance_sampled_estimate_written_out(compiled):
+    """ConvVAE.log_px (x put in the phase order once, chunks of samples scored in it) against the
+    estimate written out in the image's order with the same normal draws."""
+    from vaekit import ConvVAE
+    from vaekit.losses import bernoulli_log_likelihood, diagonal_gaussian_log_prob, standard_normal_log_prob
+
+    torch.manual_seed(0)
+    model = ConvVAE(1, 5, hidden_dims=[4, 8], fc_dim=16, image_size=12).eval()
+    x = torch.bernoulli(torch.rand(3, 1, 12, 12))
+    k, chunk = 6, 3
+    with torch.no_grad():
+        mu, log_var = model.encode(x)
+        torch.manual_seed(1)
+        noise = torch.cat([torch.randn(chunk, *mu.shape) for _ in range(k // chunk)])  # as log_px draws
+        z = mu + torch.exp(0.5 * log_var) * noise  # [k, B, D]
+        logits = model.decode(z.flatten(0, 1)).view(k, *x.shape)  # the image's order
+        log_w = (
+            bernoulli_log_likelihood(x, logits)
+            + standard_normal_log_prob(z)
+            - diagonal_gaussian_log_prob(z, mu, log_var)
+        ).double()  # [k, B]
+        expected = torch.logsumexp(log_w, dim=0) - torch.log(torch.tensor(float(k), dtype=torch.float64))
+    if compiled:
+        model.compile_scoring()
+    with torch.inference_mode():
+        torch.manual_seed(1)
+        estimate, _ = model.log_px(x, k, chunk)
+    torch.testing.assert_close(estimate.double(), expected, rtol=0, atol=1e-4)

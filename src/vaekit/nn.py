@@ -166,6 +166,11 @@ def phase_pixel_order(
     return torch.cat(pieces)
 
 
+def permute_pixels(images: Tensor, order: Tensor) -> Tensor:
+    """``images [..., H, W]`` with each map's pixels taken in ``order`` (indices into its ``H·W``)."""
+    return images.flatten(-2)[..., order].view(images.shape)
+
+
 def conv_transpose2d_by_phases(
     x: Tensor,
     weight: Tensor,
@@ -289,16 +294,16 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             return out
         return out + _autocast_operand(self.bias, input).view(1, -1, 1, 1)
 
-    def forward_in_any_pixel_order(self, input: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The output ``[N, C_out, H_out, W_out]`` with each channel's pixels in the order cheapest to
-        compute, and that order: indices into the ``H_out·W_out`` pixels (:func:`phase_pixel_order`),
-        or None for the image's own. For a sum over pixels, such as a factorised likelihood, whose
-        other operands are put in the same order."""
+    def forward_in_phase_order(self, input: Tensor) -> Tensor:
+        """The output ``[N, C_out, H_out, W_out]`` with each channel's pixels in the order of
+        :func:`phase_pixel_order`, for a sum over pixels (a factorised likelihood) whose other
+        operand is put in that order. Where :meth:`forward` is :func:`conv_transpose2d_by_phases`
+        the phases are just not interleaved; elsewhere the output is permuted."""
         positions = input.shape[2] * input.shape[3] if input.dim() == 4 else 0
         if _on_cpu_plain(self, input) and positions > GEMM_MAX_POSITIONS and self._by_phases(input):
-            out = self._phases(input, interleave=False)
-            return out, phase_pixel_order(out.shape[2:], self.stride, self.padding, out.device)
-        return self(input), None
+            return self._phases(input, interleave=False)
+        out = self(input)
+        return permute_pixels(out, phase_pixel_order(out.shape[2:], self.stride, self.padding, out.device))
 
     def _by_phases(self, input: Tensor) -> bool:
         """Whether :func:`conv_transpose2d_by_phases` computes this layer on this (CPU) input."""

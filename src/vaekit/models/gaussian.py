@@ -34,6 +34,7 @@ from vaekit.losses import (
     standard_normal_log_prob,
 )
 from vaekit.models.base import LABELS, PYTORCH_VAE_LOSS_KEYWORDS, AutoEncoder, warn_ignored
+from vaekit.nn import permute_pixels
 from vaekit.outputs import NamedOutput
 from vaekit.priors import PRIORS, VampPrior, sample_mixture
 
@@ -151,10 +152,12 @@ class GaussianLatentVAE(AutoEncoder):
         """
         mu, log_var = self.encode(x)
         components = self.prior_components()  # the VampPrior's mixture, encoded once for all k
+        order = self.scoring_pixel_order()
+        x_scored = x if order is None else permute_pixels(x, order)  # once for all k
 
         def log_weights(n: int) -> Tensor:  # [n, B]
             noise = torch.randn((n, *mu.shape), dtype=mu.dtype, device=mu.device)  # ε, drawn eagerly
-            return self._log_weights(x, mu, log_var, noise, components)
+            return self._log_weights(x_scored, mu, log_var, noise, components)
 
         return estimate_log_px(log_weights, num_samples, chunk_size)
 
@@ -162,10 +165,10 @@ class GaussianLatentVAE(AutoEncoder):
         self, x: Tensor, mu: Tensor, log_var: Tensor, noise: Tensor, components: tuple[Tensor, Tensor] | None
     ) -> Tensor:
         """The log-weights log p(x|z) + log p(z) − log q(z|x) at z = μ + σ ⊙ ε, ``noise`` ε ``[S, B, D]``
-        -> ``[S, B]``."""
+        -> ``[S, B]``; x with its pixels in :meth:`scoring_pixel_order`."""
         z = reparameterize(mu, log_var, noise=noise)  # [S, B, D]
         log_q = diagonal_gaussian_log_prob(z, mu, log_var)
-        return self._log_px_given_z(x, z, any_pixel_order=True) + self.prior_log_prob(z, components) - log_q
+        return self._log_px_given_z(x, z, scoring_order=True) + self.prior_log_prob(z, components) - log_q
 
     # -- the prior ---------------------------------------------------------------------------------
     def _init_prior(self, prior: str, num_pseudo_inputs: int) -> None:
@@ -227,22 +230,21 @@ class GaussianLatentVAE(AutoEncoder):
         self.likelihood.grouped_products = True
         self._log_weights = compile_for_scoring(self._log_weights, self._device())  # type: ignore[method-assign]
 
-    def decode_in_any_pixel_order(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
-        """:meth:`decode` with each channel's pixels in whatever order the decoder computes fastest,
-        and that order (indices into the ``H·W`` pixels), or None for the image's own. For the
-        likelihood, which sums over pixels; by default the image's order."""
-        return self.decode(z), None
+    def scoring_pixel_order(self) -> Tensor | None:
+        """The order, as indices into an image's ``H·W`` pixels, in which :meth:`decode_in_scoring_order`
+        gives each channel's pixels, or None for the image's own. log p(x|z) sums over pixels, so
+        :meth:`log_px` puts x in this order once and scores every sample in it."""
+        return None
 
-    def _log_px_given_z(self, x: Tensor, z: Tensor, any_pixel_order: bool = False) -> Tensor:
+    def decode_in_scoring_order(self, z: Tensor) -> Tensor:
+        """:meth:`decode` with the pixels in :meth:`scoring_pixel_order`; by default that is decode."""
+        return self.decode(z)
+
+    def _log_px_given_z(self, x: Tensor, z: Tensor, scoring_order: bool = False) -> Tensor:
         """log p(x|z) for z ``[S, B, D]`` -> ``[S, B]``, decoding all S·B codes in one batch;
-        ``any_pixel_order``: through :meth:`decode_in_any_pixel_order`, x put in the decoder's order."""
+        ``scoring_order``: by :meth:`decode_in_scoring_order`, x already in that order."""
         num_samples, batch = z.shape[:2]
         codes = z.reshape(num_samples * batch, -1)  # [S·B, D]
-        if any_pixel_order:
-            recons, order = self.decode_in_any_pixel_order(codes)
-        else:
-            recons, order = self.decode(codes), None
-        if order is not None:
-            x = x.flatten(2)[:, :, order].view(x.shape)  # [B, C, H, W], pixels in the decoder's order
+        recons = self.decode_in_scoring_order(codes) if scoring_order else self.decode(codes)
         recons = recons.view(num_samples, batch, *recons.shape[1:])  # [S, B, ...]
         return self.likelihood.log_prob(x, recons)  # x broadcast over S, not copied: [S, B]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from vaekit.models.base import capture_config, check_input, image_shape
 from vaekit.models.gaussian import GaussianLatentVAE
 from vaekit.models.likelihood import DecoderLikelihood
-from vaekit.nn import Conv2d, check_min_size, halving_sizes, mlp, upsampling_conv
+from vaekit.nn import Conv2d, check_min_size, halving_sizes, mlp, phase_pixel_order, upsampling_conv
 from vaekit.nn import activation as make_activation
 
 
@@ -192,14 +192,19 @@ class ConvVAE(GaussianLatentVAE):
         result = self.decoder_input(z).view(-1, *self.feature_shape)  # [B, C_L, h_L, w_L]
         return self.decoder(result)
 
-    def decode_in_any_pixel_order(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
-        """:meth:`decode` with the last transposed conv's phases not interleaved
-        (:meth:`vaekit.nn.ConvTranspose2d.forward_in_any_pixel_order`); the Tanh after it, if any,
-        is elementwise."""
+    def scoring_pixel_order(self) -> Tensor:
+        """The last transposed conv's phases one after another (:func:`vaekit.nn.phase_pixel_order`):
+        on a CPU without autograd that layer computes its phases apart and interleaving them would
+        cost as much as the likelihood."""
+        last_conv = self.decoder[-2]
+        return phase_pixel_order(self.input_shape[1:], last_conv.stride, last_conv.padding, self._device())
+
+    def decode_in_scoring_order(self, z: Tensor) -> Tensor:
+        """:meth:`decode`, pixels in :meth:`scoring_pixel_order` (the Tanh after the last conv, if
+        any, is elementwise)."""
         hidden = self.decoder[:-2](self.decoder_input(z).view(-1, *self.feature_shape))
         *_, last_conv, output_activation = self.decoder
-        recons, order = last_conv.forward_in_any_pixel_order(hidden)
-        return output_activation(recons), order
+        return output_activation(last_conv.forward_in_phase_order(hidden))
 
 
 class MLPVAE(GaussianLatentVAE):

@@ -92,6 +92,14 @@ def _autocast_operand(param: Tensor, input: Tensor) -> Tensor:
     return param
 
 
+def _autocast_weight_and_bias(
+    module: nn.Conv2d | nn.ConvTranspose2d, input: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """``module``'s weight and bias (None if it has none) in the dtype autocast gives ``input``."""
+    bias = None if module.bias is None else _autocast_operand(module.bias, input)
+    return _autocast_operand(module.weight, input), bias
+
+
 def _tap_planes(x: Tensor, weight_by_tap: Tensor) -> Tensor:
     """Every input position times every tap of the weight, one plane per tap and output channel:
     ``x [N, C_in, H, W]``, ``weight_by_tap [kh, kw, C_out, C_in]`` -> ``[kh, kw, C_out, N, H, W]``.
@@ -250,8 +258,7 @@ class Conv2d(nn.Conv2d):
         out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
         if out_h * out_w > GEMM_MAX_POSITIONS:
             if self.out_channels <= FEW_OUTPUT_CHANNELS and not torch.is_grad_enabled():
-                weight = _autocast_operand(self.weight, input)
-                bias = None if self.bias is None else _autocast_operand(self.bias, input)
+                weight, bias = _autocast_weight_and_bias(self, input)
                 return conv2d_by_taps(input.to(weight.dtype), weight, bias, self.stride, self.padding)
             return super().forward(input)
         weight = _autocast_operand(self.weight, input)
@@ -281,11 +288,10 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
         if output_size is not None or not _on_cpu_plain(self, input):
             return super().forward(input, output_size)
-        batch, _, height, width = input.shape
-        if height * width <= GEMM_MAX_POSITIONS:
-            out = self._as_product(input)
-        elif self._by_phases(input):
+        if self._by_phases(input):
             return self._phases(input, interleave=True)
+        if input.shape[2] * input.shape[3] <= GEMM_MAX_POSITIONS:
+            out = self._as_product(input)
         else:
             out = F.conv_transpose2d(
                 input, self.weight, None, self.stride, self.padding, self.output_padding, self.groups
@@ -299,19 +305,23 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         :func:`phase_pixel_order`, for a sum over pixels (a factorised likelihood) whose other
         operand is put in that order. Where :meth:`forward` is :func:`conv_transpose2d_by_phases`
         the phases are just not interleaved; elsewhere the output is permuted."""
-        positions = input.shape[2] * input.shape[3] if input.dim() == 4 else 0
-        if _on_cpu_plain(self, input) and positions > GEMM_MAX_POSITIONS and self._by_phases(input):
+        if self._by_phases(input):
             return self._phases(input, interleave=False)
         out = self(input)
         return permute_pixels(out, phase_pixel_order(out.shape[2:], self.stride, self.padding, out.device))
 
     def _by_phases(self, input: Tensor) -> bool:
-        """Whether :func:`conv_transpose2d_by_phases` computes this layer on this (CPU) input."""
-        return self.out_channels <= FEW_OUTPUT_CHANNELS and not torch.is_grad_enabled()
+        """Whether :func:`conv_transpose2d_by_phases` computes this layer on ``input``: a CPU map of
+        more than :data:`GEMM_MAX_POSITIONS` positions, few output channels, no autograd."""
+        return (
+            _on_cpu_plain(self, input)  # a 4-d CPU batch, checked first
+            and input.shape[2] * input.shape[3] > GEMM_MAX_POSITIONS
+            and self.out_channels <= FEW_OUTPUT_CHANNELS
+            and not torch.is_grad_enabled()
+        )
 
     def _phases(self, input: Tensor, interleave: bool) -> Tensor:
-        weight = _autocast_operand(self.weight, input)
-        bias = None if self.bias is None else _autocast_operand(self.bias, input)
+        weight, bias = _autocast_weight_and_bias(self, input)
         return conv_transpose2d_by_phases(  # the bias added in float32 before rounding
             input.to(weight.dtype), weight, bias, self.stride, self.padding, self.output_padding, interleave
         )

@@ -1,6 +1,7 @@
 """The CPU inference paths for convolutions with few output channels (a decoder's last layer): one
-matrix product, then shifted sums of its taps — against torch's convolutions in float64, and taken
-only where they are meant to be (no autograd, at most FEW_OUTPUT_CHANNELS outputs)."""
+matrix product, then shifted sums of its taps — and the sub-pixel form of a transposed conv taken
+under torch.compile — against torch's convolutions in float64, and taken only where they are meant
+to be (no autograd, at most FEW_OUTPUT_CHANNELS / SUBPIXEL_MAX_OUT_CHANNELS outputs)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from torch import nn
 
 from vaekit.nn import (
     FEW_OUTPUT_CHANNELS,
+    SUBPIXEL_MAX_OUT_CHANNELS,
     Conv2d,
     ConvTranspose2d,
     conv2d_by_taps,
     conv_transpose2d_by_phases,
+    conv_transpose2d_subpixel,
     permute_pixels,
     phase_pixel_order,
+    subpixel_weight,
 )
 
 TRANSPOSED = [  # (N, C_in, H, W, C_out, kernel, stride, padding, output_padding)
@@ -27,6 +31,14 @@ TRANSPOSED = [  # (N, C_in, H, W, C_out, kernel, stride, padding, output_padding
     (2, 4, 6, 5, 2, 2, 3, 0, 1),  # kernel smaller than the stride: a phase without taps
     (2, 3, 4, 4, 4, 3, 1, 1, 0),  # stride 1
     (1, 6, 1, 1, 1, 4, 2, 0, 0),  # a single input position
+]
+SUBPIXEL = [  # (N, C_in, H, W, C_out, kernel, stride, padding, output_padding): kernel = stride·t
+    (2, 32, 7, 7, 16, 4, 2, 1, 0),  # ConvVAE's middle layer, 7 -> 14
+    (2, 6, 7, 5, 5, 4, 2, 1, 1),  # odd, non-square, output_padding = padding
+    (2, 4, 5, 4, 3, 6, 3, 2, 1),  # stride 3, three taps a phase
+    (2, 3, 4, 5, 2, 2, 2, 0, 0),  # kernel = stride: no overlap
+    (2, 3, 4, 4, 4, 3, 1, 1, 0),  # stride 1: a plain convolution with the kernel flipped
+    (2, 3, 5, 4, 2, (4, 6), (2, 3), (1, 2), (1, 0)),  # non-square kernel and stride
 ]
 PLAIN = [  # (N, C_in, H, W, C_out, kernel, stride, padding)
     (3, 32, 28, 28, 1, 3, 1, 1),  # VanillaVAE's final 3×3 conv
@@ -55,6 +67,41 @@ def test_transposed_by_phases_is_torchs_transposed_conv(case, layout):
     assert (
         conv_transpose2d_by_phases(x, weight, None, (s, s), (p, p), (op, op)).double() - exact
     ).abs().max() <= 1e-6 * scale + 1e-6
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", SUBPIXEL, ids=str)
+def test_transposed_as_subpixel_conv_is_torchs_transposed_conv(case, layout):
+    n, c_in, h, w, c_out, *geometry = case
+    (kh, kw), stride, padding, output_padding = (v if isinstance(v, tuple) else (v, v) for v in geometry)
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(n, c_in, h, w), torch.randn(c_in, c_out, kh, kw), torch.randn(c_out)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for b in (bias, None):
+        exact = F.conv_transpose2d(
+            x.double(), weight.double(), None if b is None else b.double(), stride, padding, output_padding
+        )
+        ours = conv_transpose2d_subpixel(x, weight, b, stride, padding, output_padding)
+        assert ours.shape == exact.shape and ours.dtype == torch.float32
+        assert (ours.double() - exact).abs().max() <= 1e-6 * exact.abs().max() + 1e-6
+
+
+def test_subpixel_weight_holds_each_phases_taps_flipped():
+    """Entry ((r_h·s_w + r_w)·C_out + c, c_in, v_h, v_w) is W[c_in, c, r_h + s_h(t_h−1−v_h),
+    r_w + s_w(t_w−1−v_w)], written out entry by entry."""
+    c_in, c_out, (kh, kw), (sh, sw) = 3, 2, (6, 4), (3, 2)
+    weight = torch.randn(c_in, c_out, kh, kw)
+    th, tw = kh // sh, kw // sw
+    ours = subpixel_weight(weight, (sh, sw))
+    assert ours.shape == (sh * sw * c_out, c_in, th, tw)
+    for r_h in range(sh):
+        for r_w in range(sw):
+            for c in range(c_out):
+                for v_h in range(th):
+                    for v_w in range(tw):
+                        tap = weight[:, c, r_h + sh * (th - 1 - v_h), r_w + sw * (tw - 1 - v_w)]
+                        assert torch.equal(ours[(r_h * sw + r_w) * c_out + c, :, v_h, v_w], tap)
 
 
 @pytest.mark.parametrize("case", TRANSPOSED, ids=str)
@@ -147,6 +194,32 @@ def test_the_modules_take_the_paths_only_without_autograd_and_for_few_channels(m
     assert taps == phases == [1, 1]
 
 
+def test_the_subpixel_path_is_taken_only_compiled_without_autograd_and_where_it_applies(monkeypatch):
+    """Under ``torch.compile`` (``torch.compiler.is_compiling()``, faked here so the path runs eager),
+    without autograd: a transposed conv onto FEW_OUTPUT_CHANNELS < C_out ≤ SUBPIXEL_MAX_OUT_CHANNELS
+    whose kernel is a multiple of its stride and whose output_padding ≤ padding."""
+    subpixel = _recording(monkeypatch, "conv_transpose2d_subpixel")
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 6)
+    takes = ConvTranspose2d(8, SUBPIXEL_MAX_OUT_CHANNELS, 4, stride=2, padding=1, output_padding=1)
+    others = [
+        ConvTranspose2d(8, SUBPIXEL_MAX_OUT_CHANNELS + 1, 4, stride=2, padding=1),  # too many outputs
+        ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1),  # kernel not a multiple
+        ConvTranspose2d(8, 8, 4, stride=2, padding=0, output_padding=1),  # output_padding > padding
+    ]
+    with torch.no_grad():
+        eager = [layer(x) for layer in [takes, *others]]
+    assert subpixel == []  # not compiling
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    trained = takes(x)
+    assert subpixel == [] and trained.requires_grad  # autograd on
+    with torch.inference_mode():
+        compiled = [layer(x) for layer in [takes, *others]]
+    assert subpixel == [1]
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_under_bf16_autocast_the_paths_round_like_a_convolution():
     """bf16 operands, float32 products and sums, one rounding at the end: as close to the float64
     result as torch's bf16 convolution (within half a bf16 ulp of the largest output)."""
@@ -208,15 +281,21 @@ def test_conv_vae_scores_in_phase_order_as_in_the_images_order(likelihood):
     torch.testing.assert_close(phase_order, image_order, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_conv_vae_log_px_is_the_importance_sampled_estimate_written_out(compiled):
+@pytest.mark.parametrize(
+    ("compiled", "hidden_dims"),
+    [(False, [4, 8]), (True, [4, 8]), (True, [8, 16])],
+    ids=["eager", "compiled", "compiled-subpixel"],
+)
+def test_conv_vae_log_px_is_the_importance_sampled_estimate_written_out(compiled, hidden_dims, monkeypatch):
     """ConvVAE.log_px (x put in the phase order once, chunks of samples scored in it) against the
-    estimate written out in the image's order with the same normal draws."""
+    estimate written out in the image's order with the same normal draws; with 8 channels before the
+    last layer, compiled, the layer before it is the sub-pixel form."""
     from vaekit import ConvVAE
     from vaekit.losses import bernoulli_log_likelihood, diagonal_gaussian_log_prob, standard_normal_log_prob
 
+    subpixel = _recording(monkeypatch, "conv_transpose2d_subpixel")
     torch.manual_seed(0)
-    model = ConvVAE(1, 5, hidden_dims=[4, 8], fc_dim=16, image_size=12).eval()
+    model = ConvVAE(1, 5, hidden_dims=hidden_dims, fc_dim=16, image_size=12).eval()
     x = torch.bernoulli(torch.rand(3, 1, 12, 12))
     k, chunk = 6, 3
     with torch.no_grad():
@@ -237,3 +316,4 @@ def test_conv_vae_log_px_is_the_importance_sampled_estimate_written_out(compiled
         torch.manual_seed(1)
         estimate, _ = model.log_px(x, k, chunk)
     torch.testing.assert_close(estimate.double(), expected, rtol=0, atol=1e-4)
+    assert bool(subpixel) == (compiled and hidden_dims[0] > FEW_OUTPUT_CHANNELS)

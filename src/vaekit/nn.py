@@ -64,6 +64,12 @@ GEMM_MAX_POSITIONS = 4
 #: :func:`conv_transpose2d_by_phases`): oneDNN computes them at a few GFLOP/s.
 FEW_OUTPUT_CHANNELS = 4
 
+#: Without autograd, inside ``torch.compile``, on a CPU, a transposed conv with at most this many
+#: output channels whose kernel is a multiple of its stride is :func:`conv_transpose2d_subpixel`:
+#: oneDNN's transposed conv onto 16 channels runs at 70 GFLOP/s here, the forward conv of the
+#: sub-pixel form 1.4–1.6× faster; onto 32 channels the two are even (docs/performance.md).
+SUBPIXEL_MAX_OUT_CHANNELS = 16
+
 
 def _on_cpu_plain(module: nn.Conv2d | nn.ConvTranspose2d, x: Tensor) -> bool:
     """Whether ``module`` may take the CPU paths of :class:`Conv2d` / :class:`ConvTranspose2d`: a
@@ -238,6 +244,59 @@ def conv_transpose2d_by_phases(
     return out.to(x.dtype).transpose(0, 1)
 
 
+def subpixel_weight(weight: Tensor, stride: tuple[int, int]) -> Tensor:
+    """A transposed conv's weight as the weight of the forward conv that gives its output phases.
+
+    ``weight [C_in, C_out, kh, kw]`` with ``kh = s_h·t_h``, ``kw = s_w·t_w`` -> ``[s_h·s_w·C_out,
+    C_in, t_h, t_w]``, the output channels phase-major: channel ``(r_h·s_w + r_w)·C_out + c`` is output
+    channel c of phase (r_h, r_w), and its tap (v_h, v_w) is ``W[:, c, r_h + s_h·(t_h−1−v_h),
+    r_w + s_w·(t_w−1−v_w)]`` (see :func:`conv_transpose2d_subpixel`).
+    """
+    c_in, c_out, kh, kw = weight.shape
+    (sh, sw), (th, tw) = stride, (kh // stride[0], kw // stride[1])
+    # tap i = s·u + r: [C_in, C_out, u_h, r_h, u_w, r_w]; v = t − 1 − u (flip), then phases first
+    by_phase = weight.reshape(c_in, c_out, th, sh, tw, sw).flip(2, 4).permute(3, 5, 1, 0, 2, 4)
+    return by_phase.reshape(sh * sw * c_out, c_in, th, tw)
+
+
+def conv_transpose2d_subpixel(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    output_padding: tuple[int, int],
+) -> Tensor:
+    """A transposed convolution whose kernel is a multiple of its stride, as one forward convolution
+    to its s_h·s_w output phases, interleaved ("sub-pixel convolution").
+
+    Uncropped output row R = s·q + r takes input rows y = q − u through taps i = r + s·u, u < t = k/s
+    (as in :func:`conv_transpose2d_by_phases`): for each phase r a t-tap cross-correlation of the
+    input, all phases as the channels of one ``conv2d(x, subpixel_weight(W), padding=t − 1)``
+    (:func:`subpixel_weight`) over q = 0 … H + t − 2, then row s·q + r of phase r, cropped to
+    ``[p, p + H_out)``; the same for columns. No multiply-add beyond the (H + t − 1)² − H² border
+    windows. Needs ``output_padding ≤ padding`` (the crop stays inside the s·(H + t − 1) rows).
+    ``x: [N, C_in, H, W]``, ``weight: [C_in, C_out, kh, kw]`` -> ``[N, C_out, H_out, W_out]``.
+    """
+    batch, _, height, width = x.shape
+    _, c_out, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
+    th, tw = kh // sh, kw // sw
+    phases = F.conv2d(
+        x, subpixel_weight(weight, stride), None, 1, (th - 1, tw - 1)
+    )  # [N, s²·C_out, Q_h, Q_w]
+    q_h, q_w = height + th - 1, width + tw - 1
+    # [N, s_h, s_w, C_out, Q_h, Q_w] -> [N, C_out, Q_h, s_h, Q_w, s_w]: uncropped row s_h·q + r_h
+    full = (
+        phases.view(batch, sh, sw, c_out, q_h, q_w)
+        .permute(0, 3, 4, 1, 5, 2)
+        .reshape(batch, c_out, q_h * sh, q_w * sw)
+    )
+    out_h, out_w = (height - 1) * sh - 2 * ph + kh + oh, (width - 1) * sw - 2 * pw + kw + ow
+    out = full[:, :, ph : ph + out_h, pw : pw + out_w]
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same weights, same result up to rounding) that convolves a tiny output map as
     one matrix product on a CPU.
@@ -274,15 +333,17 @@ class Conv2d(nn.Conv2d):
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (same weights, same result up to rounding) with three CPU paths.
+    """``nn.ConvTranspose2d`` (same weights, same result up to rounding) with four CPU paths.
 
     A tiny input map is up-sampled as one matrix product and a ``fold`` (col2im), as
     :class:`Conv2d` does. When no gradient is recorded, a layer of at most
-    :data:`FEW_OUTPUT_CHANNELS` outputs is :func:`conv_transpose2d_by_phases`. Any other map is
-    convolved without its bias, which is added after: oneDNN
-    derives a transposed conv's bias gradient inside its weight gradient, slowly (the seed's last
-    32 → 32 up-sampling onto 64×64 took 1.7× longer forward and backward with it inside, bf16;
-    1.4× in fp32), where a separate ``+ bias`` costs one pass over the output.
+    :data:`FEW_OUTPUT_CHANNELS` outputs is :func:`conv_transpose2d_by_phases`, and under
+    ``torch.compile`` one of at most :data:`SUBPIXEL_MAX_OUT_CHANNELS` whose kernel is a multiple of
+    its stride :func:`conv_transpose2d_subpixel`. Any other map is convolved without its bias,
+    which is added after: oneDNN derives a transposed conv's bias gradient inside its weight
+    gradient, slowly (the seed's last 32 → 32 up-sampling onto 64×64 took 1.7× longer forward and
+    backward with it inside, bf16; 1.4× in fp32), where a separate ``+ bias`` costs one pass over
+    the output.
     """
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
@@ -292,6 +353,11 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             return self._phases(input, interleave=True)
         if input.shape[2] * input.shape[3] <= GEMM_MAX_POSITIONS:
             out = self._as_product(input)
+        elif self._subpixel(input):
+            weight, bias = _autocast_weight_and_bias(self, input)
+            return conv_transpose2d_subpixel(
+                input.to(weight.dtype), weight, bias, self.stride, self.padding, self.output_padding
+            )
         else:
             out = F.conv_transpose2d(
                 input, self.weight, None, self.stride, self.padding, self.output_padding, self.groups
@@ -318,6 +384,22 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             and input.shape[2] * input.shape[3] > GEMM_MAX_POSITIONS
             and self.out_channels <= FEW_OUTPUT_CHANNELS
             and not torch.is_grad_enabled()
+        )
+
+    def _subpixel(self, input: Tensor) -> bool:
+        """Whether :func:`conv_transpose2d_subpixel` computes this layer (a CPU plain map, as checked by
+        the caller): traced by ``torch.compile`` without autograd, at most
+        :data:`SUBPIXEL_MAX_OUT_CHANNELS` outputs, a kernel that is a multiple of the stride and
+        ``output_padding ≤ padding``. Only compiled, where the interleaving fuses into the pass that
+        adds the bias (and the activation after it); eager it is a copy of its own, and slower."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return (
+            torch.compiler.is_compiling()
+            and not torch.is_grad_enabled()
+            and self.out_channels <= SUBPIXEL_MAX_OUT_CHANNELS
+            and kh % sh == 0
+            and kw % sw == 0
+            and all(o <= p for o, p in zip(self.output_padding, self.padding, strict=True))
         )
 
     def _phases(self, input: Tensor, interleave: bool) -> Tensor:

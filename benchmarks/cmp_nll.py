@@ -29,7 +29,7 @@ from common import alternate, machine, report
 from torch.utils.flop_counter import FlopCounterMode
 
 from vaekit import MLPVAE, ConvVAE, VanillaVAE
-from vaekit.evaluate import auto_chunk, fold_batchnorm, likelihood_metrics, widest_activation
+from vaekit.evaluate import auto_chunk, inference_copy, likelihood_metrics, widest_activation
 from vaekit.models import AutoEncoder
 
 PROTOCOL_IMAGES, PROTOCOL_K = 10_000, 5000
@@ -118,7 +118,7 @@ def sitting(
             per_sample, per_image = flops_per_sample(model, x[:10])
             # `vaekit evaluate --compile`: compiled once here (the warm-up round), as one evaluation
             # compiles once for all its batches; the same per-batch work as likelihood_metrics
-            compiled = fold_batchnorm(model)
+            compiled = inference_copy(model)
             compiled.compile_scoring()
             chunk = auto_chunk(x, PROTOCOL_K, widest_activation(compiled, x))
             counts = sample_counts(k, chunk)

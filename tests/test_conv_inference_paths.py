@@ -16,6 +16,7 @@ from vaekit.nn import (
     Conv2d,
     ConvTranspose2d,
     conv2d_by_taps,
+    conv_transpose2d_activation,
     conv_transpose2d_by_phases,
     conv_transpose2d_subpixel,
     permute_pixels,
@@ -218,6 +219,70 @@ def test_the_subpixel_path_is_taken_only_compiled_without_autograd_and_where_it_
     assert subpixel == [1]
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+ACTIVATED = [  # (N, C_in, H, W, C_out, kernel, stride, padding, output_padding): output = stride · input
+    (2, 8, 5, 5, 6, 3, 2, 1, 1),  # VanillaVAE-style 3×3
+    (2, 6, 7, 4, 5, 4, 2, 1, 0),  # ConvVAE-style 4×4, non-square
+]
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.LeakyReLU(0.2)], ids=["relu", "leaky_relu"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", ACTIVATED, ids=str)
+def test_transposed_conv_with_activation_post_op_is_the_activation_of_torchs(case, layout, activation):
+    n, c_in, h, w, c_out, k, s, p, op = case
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(n, c_in, h, w), torch.randn(c_in, c_out, k, k), torch.randn(c_out)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    name, slope = ("leaky_relu", 0.2) if isinstance(activation, nn.LeakyReLU) else ("relu", 0.0)
+    for b in (bias, None):
+        args = (x, weight, b, [s, s], [p, p], [op, op], name, slope)
+        with torch.no_grad():
+            ours = conv_transpose2d_activation(*args)
+        exact = activation(
+            F.conv_transpose2d(x.double(), weight.double(), None if b is None else b.double(), s, p, op)
+        )
+        assert ours.shape == exact.shape and ours.dtype == torch.float32
+        assert (ours.double() - exact).abs().max() <= 1e-6 * exact.abs().max() + 1e-6
+        assert (ours < 0).any() == (name == "leaky_relu")  # the activation was applied, the right one
+        # the fake (what torch.compile traces with) agrees with the kernel on shape and strides
+        torch.library.opcheck(torch.ops.vaekit.conv_transpose2d_activation.default, args)
+
+
+def test_a_transposed_conv_with_an_activation_applies_it_on_every_path(monkeypatch):
+    """``ConvTranspose2d.activation``: fused as a oneDNN post-op only without autograd, in float32, for
+    an output of stride × input; applied after the conv on every other path."""
+    fused = _recording(monkeypatch, "conv_transpose2d_activation")
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 5)
+    layers = {  # name: (layer, fused without autograd?)
+        "oneDNN, fused": (ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1), True),
+        "oneDNN, odd output": (ConvTranspose2d(8, 6, 3, stride=2, padding=1), False),  # 9 = 2·5 − 1
+        "by phases": (ConvTranspose2d(8, 1, 4, stride=2, padding=1), False),
+        "as a product": (ConvTranspose2d(8, 6, 4, stride=2, padding=1), False),  # on a 2×2 map below
+    }
+    for name, (layer, fuses) in layers.items():
+        inp = x[:, :, :2, :2] if name == "as a product" else x
+        with torch.no_grad():
+            plain = F.leaky_relu(layer(inp), 0.1)
+        layer.activation = nn.LeakyReLU(0.1)
+        trained = layer(inp)  # autograd on: never fused
+        assert trained.requires_grad and fused == []
+        torch.testing.assert_close(trained.detach(), plain)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(inp), plain, rtol=1e-5, atol=1e-5)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # not float32: not fused
+                torch.testing.assert_close(layer(inp).float(), plain, rtol=0.05, atol=0.05)
+        assert fused == ([1] if fuses else []), name
+        fused.clear()
+    layer = ConvTranspose2d(8, 6, 4, stride=2, padding=1)
+    layer.activation = nn.ReLU()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the sub-pixel path
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.relu(F.conv_transpose2d(x, layer.weight, layer.bias, 2, 1)))
+    assert fused == []
 
 
 def test_under_bf16_autocast_the_paths_round_like_a_convolution():

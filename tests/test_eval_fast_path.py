@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from vaekit import MLPVAE, VQVAE, ConvVAE, VanillaVAE
 from vaekit.evaluate import (
     ACTIVATION_BUDGET,
     auto_chunk,
     fold_batchnorm,
+    inference_copy,
     likelihood_metrics,
     widest_activation,
 )
 from vaekit.models import GatedPixelCNN
+from vaekit.nn import ConvTranspose2d
 
 
 def _vanilla_with_statistics() -> VanillaVAE:
@@ -51,6 +54,37 @@ def test_folding_batchnorm_keeps_the_function_and_the_original():
             if isinstance(m, torch.nn.ConvTranspose2d):
                 m.weight.mul_(torch.linspace(0.5, 1.5, m.weight.shape[0]).view(-1, 1, 1, 1))
         assert not torch.allclose(wrong.decode(z), model.decode(z), rtol=1e-3, atol=1e-3)
+
+
+def test_the_inference_copy_moves_activations_into_the_transposed_convs_before_them():
+    """fuse_activations: a ReLU / LeakyReLU right after a transposed conv (past the Identity a folded
+    BatchNorm leaves) becomes the conv's ``activation``; others stay; the function stays."""
+    model = _vanilla_with_statistics()
+    copy = inference_copy(model)
+    assert [type(m) for m in copy.final_layer] == [
+        ConvTranspose2d,
+        nn.Identity,
+        nn.Identity,
+        type(copy.final_layer[3]),
+        nn.Identity,
+    ]
+    assert [type(m) for m in copy.decoder[0]] == [ConvTranspose2d, nn.Identity, nn.Identity]
+    assert isinstance(copy.decoder[0][0].activation, nn.LeakyReLU)
+    assert [type(m) for m in copy.encoder[0]] == [
+        type(model.encoder[0][0]),
+        nn.Identity,
+        nn.LeakyReLU,
+    ]  # a Conv2d's
+    assert [type(m) for m in model.decoder[0]] == [ConvTranspose2d, nn.BatchNorm2d, nn.LeakyReLU]  # untouched
+    assert model.decoder[0][0].activation is None
+    z = torch.randn(5, 4)
+    with torch.no_grad():
+        expected = model.decode(z)
+        torch.testing.assert_close(copy.decode(z), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(copy.decode(z).detach(), expected, rtol=1e-5, atol=1e-5)  # with autograd
+    conv = inference_copy(ConvVAE(1, 8, hidden_dims=[8, 16], fc_dim=20, image_size=12))
+    assert isinstance(conv.decoder[0].activation, nn.ReLU) and type(conv.decoder[1]) is nn.Identity
+    assert type(conv.decoder_input[1]) is nn.ReLU  # after a Linear: stays
 
 
 def test_the_fast_path_gives_the_plain_estimate():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -244,6 +245,11 @@ def conv_transpose2d_by_phases(
     return out.to(x.dtype).transpose(0, 1)
 
 
+def _transposed_output_size(size: int, kernel: int, stride: int, padding: int, output_padding: int) -> int:
+    """``(size − 1)·s − 2p + k + output_padding``: a transposed conv's output rows (or columns)."""
+    return (size - 1) * stride - 2 * padding + kernel + output_padding
+
+
 def subpixel_weight(weight: Tensor, stride: tuple[int, int]) -> Tensor:
     """A transposed conv's weight as the weight of the forward conv that gives its output phases.
 
@@ -292,9 +298,68 @@ def conv_transpose2d_subpixel(
         .permute(0, 3, 4, 1, 5, 2)
         .reshape(batch, c_out, q_h * sh, q_w * sw)
     )
-    out_h, out_w = (height - 1) * sh - 2 * ph + kh + oh, (width - 1) * sw - 2 * pw + kw + ow
+    out_h, out_w = (
+        _transposed_output_size(height, kh, sh, ph, oh),
+        _transposed_output_size(width, kw, sw, pw, ow),
+    )
     out = full[:, :, ph : ph + out_h, pw : pw + out_w]
     return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def _transposed_activation_format(x: Tensor, weight: Tensor) -> torch.memory_format:
+    """oneDNN's convolutions answer in channels-last when the input or the weight is stored so."""
+    return torch.channels_last if _channels_last(x) or _channels_last(weight) else torch.contiguous_format
+
+
+@torch.library.custom_op("vaekit::conv_transpose2d_activation", mutates_args=())
+def conv_transpose2d_activation(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    output_padding: list[int],
+    activation: str,
+    negative_slope: float,
+) -> Tensor:
+    """``activation(conv_transpose2d(x, weight, bias))`` in one oneDNN call (the activation a
+    post-op, applied as each output block is written): ``"relu"``, or ``"leaky_relu"`` with
+    ``negative_slope``. CPU, float32, no autograd. ``x: [N, C_in, H, W]``, ``weight: [C_in, C_out,
+    kh, kw]`` -> ``[N, C_out, H_out, W_out]``, channels-last if ``x`` or ``weight`` is.
+
+    A custom op so that ``torch.compile`` can call it: its output's shape and strides come from the
+    fake implementation below (torch's own registration for the underlying
+    ``mkldnn._convolution_transpose_pointwise`` reads the weight as if prepacked, ``[C_out, C_in, …]``).
+    """
+    scalars = [negative_slope] if activation == "leaky_relu" else []
+    out = torch.ops.mkldnn._convolution_transpose_pointwise(
+        x, weight, bias, padding, output_padding, stride, [1, 1], 1, activation, scalars, ""
+    )
+    # the layout the fake promises, whatever oneDNN chose (a no-op when they agree)
+    return out.contiguous(memory_format=_transposed_activation_format(x, weight))
+
+
+@conv_transpose2d_activation.register_fake
+def _conv_transpose2d_activation_fake(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    output_padding: list[int],
+    activation: str,
+    negative_slope: float,
+) -> Tensor:
+    """The output's shape and layout, for tracing."""
+    (kh, kw), (height, width) = weight.shape[2:], x.shape[2:]
+    out_h = _transposed_output_size(height, kh, stride[0], padding[0], output_padding[0])
+    out_w = _transposed_output_size(width, kw, stride[1], padding[1], output_padding[1])
+    return torch.empty(
+        (x.shape[0], weight.shape[1], out_h, out_w),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=_transposed_activation_format(x, weight),
+    )
 
 
 class Conv2d(nn.Conv2d):
@@ -333,7 +398,7 @@ class Conv2d(nn.Conv2d):
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (same weights, same result up to rounding) with four CPU paths.
+    """``nn.ConvTranspose2d`` (same weights, same result up to rounding) with five CPU paths.
 
     A tiny input map is up-sampled as one matrix product and a ``fold`` (col2im), as
     :class:`Conv2d` does. When no gradient is recorded, a layer of at most
@@ -343,28 +408,75 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     which is added after: oneDNN derives a transposed conv's bias gradient inside its weight
     gradient, slowly (the seed's last 32 → 32 up-sampling onto 64×64 took 1.7× longer forward and
     backward with it inside, bf16; 1.4× in fp32), where a separate ``+ bias`` costs one pass over
-    the output.
+    the output — except with an :attr:`activation` and no autograd, where bias and activation are
+    oneDNN post-ops (:func:`conv_transpose2d_activation`).
+
+    ``activation`` (None unless set: :func:`vaekit.evaluate.fuse_activations` moves the ReLU or
+    LeakyReLU that follows the layer into it on the evaluator's inference copy) is applied to the
+    output on every path.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.activation: nn.Module | None = None
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
         if output_size is not None or not _on_cpu_plain(self, input):
-            return super().forward(input, output_size)
+            return self._activate(super().forward(input, output_size))
         if self._by_phases(input):
-            return self._phases(input, interleave=True)
+            return self._activate(self._phases(input, interleave=True))
         if input.shape[2] * input.shape[3] <= GEMM_MAX_POSITIONS:
             out = self._as_product(input)
         elif self._subpixel(input):
             weight, bias = _autocast_weight_and_bias(self, input)
-            return conv_transpose2d_subpixel(
-                input.to(weight.dtype), weight, bias, self.stride, self.padding, self.output_padding
+            return self._activate(
+                conv_transpose2d_subpixel(
+                    input.to(weight.dtype), weight, bias, self.stride, self.padding, self.output_padding
+                )
+            )
+        elif (post_op := self._activation_post_op(input)) is not None:
+            return conv_transpose2d_activation(
+                input,
+                self.weight,
+                self.bias,
+                [*self.stride],
+                [*self.padding],
+                [*self.output_padding],
+                *post_op,
             )
         else:
             out = F.conv_transpose2d(
                 input, self.weight, None, self.stride, self.padding, self.output_padding, self.groups
             )
-        if self.bias is None:
-            return out
-        return out + _autocast_operand(self.bias, input).view(1, -1, 1, 1)
+        if self.bias is not None:
+            out = out + _autocast_operand(self.bias, input).view(1, -1, 1, 1)
+        return self._activate(out)
+
+    def _activate(self, out: Tensor) -> Tensor:
+        return out if self.activation is None else self.activation(out)
+
+    def _activation_post_op(self, input: Tensor) -> tuple[str, float] | None:
+        """oneDNN's name and slope for :attr:`activation` where :func:`conv_transpose2d_activation`
+        computes this layer (the caller has ruled out the other paths), else None: a ReLU or
+        LeakyReLU, float32 outside autocast, no autograd, oneDNN present, and an output that is a
+        whole number of strides per input row and column — otherwise (a 3×3 stride-2 kernel without
+        output padding) oneDNN falls back to a kernel 8–30× slower than its transposed conv."""
+        if (
+            not isinstance(self.activation, (nn.ReLU, nn.LeakyReLU))
+            or torch.is_grad_enabled()
+            or torch.is_autocast_enabled(input.device.type)
+            or input.dtype != torch.float32
+            or not torch.backends.mkldnn.is_available()
+        ):
+            return None
+        sizes = zip(
+            input.shape[2:], self.kernel_size, self.stride, self.padding, self.output_padding, strict=True
+        )
+        if any(_transposed_output_size(*size) != size[0] * size[2] for size in sizes):
+            return None
+        if isinstance(self.activation, nn.LeakyReLU):
+            return "leaky_relu", float(self.activation.negative_slope)
+        return "relu", 0.0
 
     def forward_in_phase_order(self, input: Tensor) -> Tensor:
         """The output ``[N, C_out, H_out, W_out]`` with each channel's pixels in the order of
@@ -372,7 +484,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         operand is put in that order. Where :meth:`forward` is :func:`conv_transpose2d_by_phases`
         the phases are just not interleaved; elsewhere the output is permuted."""
         if self._by_phases(input):
-            return self._phases(input, interleave=False)
+            return self._activate(self._phases(input, interleave=False))
         out = self(input)
         return permute_pixels(out, phase_pixel_order(out.shape[2:], self.stride, self.padding, out.device))
 
@@ -413,8 +525,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         ``[B·h·w, C_in] @ [C_in, C_out·kh·kw]``, then the overlapping taps summed into place (fold)."""
         batch, _, height, width = input.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        out_h = (height - 1) * sh - 2 * ph + kh + self.output_padding[0]
-        out_w = (width - 1) * sw - 2 * pw + kw + self.output_padding[1]
+        out_h = _transposed_output_size(height, kh, sh, ph, self.output_padding[0])
+        out_w = _transposed_output_size(width, kw, sw, pw, self.output_padding[1])
         weight = _autocast_operand(self.weight, input)  # [C_in, C_out, kh, kw]
         rows = input.to(weight.dtype).permute(0, 2, 3, 1).reshape(batch * height * width, -1)  # [B·h·w, C_in]
         if _channels_last(weight):  # weight stored [C_in, kh, kw, C_out]: taps before channels

@@ -8,7 +8,12 @@ round by round at one thread:
   and the target put in their pixel order (``ConvVAE.decode_in_scoring_order``);
 * the MLP decoder's last layer and likelihood compiled — ``addmm`` + softplus form (what
   ``compile_scoring`` did before) against ``mm`` + bias split off (:mod:`vaekit.compiling`) +
-  grouped products (:func:`vaekit.losses.bernoulli_log_likelihood_grouped`).
+  grouped products (:func:`vaekit.losses.bernoulli_log_likelihood_grouped`);
+* the ConvVAE's middle layer with its bias and ReLU, oneDNN's transposed conv against the sub-pixel
+  form (:func:`vaekit.nn.conv_transpose2d_subpixel`), eager and compiled;
+* the VanillaVAE's last up-sampling with its bias and LeakyReLU, eager: oneDNN's transposed conv
+  and a pass each for bias and activation against the two as oneDNN post-ops
+  (:func:`vaekit.nn.conv_transpose2d_activation`); and compiled, where inductor adds both in one pass.
 
     python benchmarks/bench_scoring_layers.py
 """
@@ -21,7 +26,14 @@ from common import alternate, report, threads
 
 from vaekit.compiling import compile_for_scoring
 from vaekit.losses import bernoulli_log_likelihood, bernoulli_log_likelihood_grouped
-from vaekit.nn import conv2d_by_taps, conv_transpose2d_by_phases, permute_pixels, phase_pixel_order
+from vaekit.nn import (
+    conv2d_by_taps,
+    conv_transpose2d_activation,
+    conv_transpose2d_by_phases,
+    conv_transpose2d_subpixel,
+    permute_pixels,
+    phase_pixel_order,
+)
 
 
 def _layer_contenders(x: torch.Tensor, target: torch.Tensor, native, ours, in_phase_order=None) -> dict:
@@ -120,7 +132,51 @@ def main() -> None:
         )
         for what, t in times.items():
             rows.append({"layer": name, "how": what, "median_ms": t["median_ms"], "min_ms": t["min_ms"]})
+        for name, contenders in _activated_layers().items():
+            for what, t in alternate(contenders, rounds=9).items():
+                rows.append({"layer": name, "how": what, "median_ms": t["median_ms"], "min_ms": t["min_ms"]})
     report("bench_scoring_layers", rows, ["layer", "how", "median_ms", "min_ms"])
+
+
+def _activated_layers() -> dict[str, dict]:
+    """The transposed convs before an activation, as the evaluator runs them (channels-last)."""
+    cl = torch.channels_last
+    x = torch.randn(1200, 32, 7, 7).contiguous(memory_format=cl)
+    weight, bias = torch.randn(32, 16, 4, 4).contiguous(memory_format=cl), torch.randn(16)
+
+    def onednn(x: torch.Tensor) -> torch.Tensor:
+        return F.relu(F.conv_transpose2d(x, weight, None, 2, 1) + bias.view(1, -1, 1, 1))
+
+    def subpixel(x: torch.Tensor) -> torch.Tensor:
+        return F.relu(conv_transpose2d_subpixel(x, weight, bias, (2, 2), (1, 1), (0, 0)))
+
+    onednn_compiled, subpixel_compiled = (torch.compile(f, dynamic=False) for f in (onednn, subpixel))
+    middle = {
+        "oneDNN + bias + ReLU": lambda: onednn(x),
+        "sub-pixel conv + bias + ReLU": lambda: subpixel(x),
+        "oneDNN + bias + ReLU, compiled": lambda: onednn_compiled(x),
+        "sub-pixel conv + bias + ReLU, compiled": lambda: subpixel_compiled(x),
+    }
+    h = torch.randn(100, 32, 14, 14).contiguous(memory_format=cl)
+    w3, b3 = torch.randn(32, 32, 3, 3).contiguous(memory_format=cl), torch.randn(32)
+
+    def separate(h: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(F.conv_transpose2d(h, w3, None, 2, 1, 1) + b3.view(1, -1, 1, 1))
+
+    def post_ops(h: torch.Tensor) -> torch.Tensor:
+        return conv_transpose2d_activation(h, w3, b3, (2, 2), (1, 1), (1, 1), "leaky_relu", 0.01)
+
+    separate_compiled = torch.compile(separate, dynamic=False)  # bias + activation: one fused pass
+    last = {
+        "oneDNN, then bias, then LeakyReLU": lambda: separate(h),
+        "oneDNN with bias + LeakyReLU as post-ops": lambda: post_ops(h),
+        "oneDNN, then bias + LeakyReLU, compiled": lambda: separate_compiled(h),
+    }
+    return {
+        "ConvVAE middle layer: ConvTranspose2d 32→16, 4×4 stride 2, + bias + ReLU, [1200, 32, 7, 7]": middle,
+        "VanillaVAE last up-sampling: ConvTranspose2d 32→32, 3×3 stride 2, + bias + LeakyReLU, "
+        "[100, 32, 14, 14]": last,
+    }
 
 
 if __name__ == "__main__":

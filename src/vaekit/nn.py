@@ -306,59 +306,30 @@ def conv_transpose2d_subpixel(
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
-def _transposed_activation_format(x: Tensor, weight: Tensor) -> torch.memory_format:
-    """oneDNN's convolutions answer in channels-last when the input or the weight is stored so."""
-    return torch.channels_last if _channels_last(x) or _channels_last(weight) else torch.contiguous_format
+#: Whether this torch has oneDNN and its transposed conv with post-ops (asked once, at import).
+ONEDNN_POST_OPS = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_convolution_transpose_pointwise"
+)
 
 
-@torch.library.custom_op("vaekit::conv_transpose2d_activation", mutates_args=())
 def conv_transpose2d_activation(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None,
-    stride: list[int],
-    padding: list[int],
-    output_padding: list[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    output_padding: Sequence[int],
     activation: str,
-    negative_slope: float,
+    negative_slope: float = 0.0,
 ) -> Tensor:
-    """``activation(conv_transpose2d(x, weight, bias))`` in one oneDNN call (the activation a
-    post-op, applied as each output block is written): ``"relu"``, or ``"leaky_relu"`` with
-    ``negative_slope``. CPU, float32, no autograd. ``x: [N, C_in, H, W]``, ``weight: [C_in, C_out,
-    kh, kw]`` -> ``[N, C_out, H_out, W_out]``, channels-last if ``x`` or ``weight`` is.
-
-    A custom op so that ``torch.compile`` can call it: its output's shape and strides come from the
-    fake implementation below (torch's own registration for the underlying
-    ``mkldnn._convolution_transpose_pointwise`` reads the weight as if prepacked, ``[C_out, C_in, …]``).
+    """``activation(conv_transpose2d(x, weight, bias))`` as one oneDNN call, bias and activation
+    applied as post-ops while each output block is written: ``"relu"``, or ``"leaky_relu"`` with
+    ``negative_slope``. CPU, float32, no autograd (:data:`ONEDNN_POST_OPS`). ``x: [N, C_in, H, W]``,
+    ``weight: [C_in, C_out, kh, kw]`` -> ``[N, C_out, H_out, W_out]``.
     """
     scalars = [negative_slope] if activation == "leaky_relu" else []
-    out = torch.ops.mkldnn._convolution_transpose_pointwise(
-        x, weight, bias, padding, output_padding, stride, [1, 1], 1, activation, scalars, ""
-    )
-    # the layout the fake promises, whatever oneDNN chose (a no-op when they agree)
-    return out.contiguous(memory_format=_transposed_activation_format(x, weight))
-
-
-@conv_transpose2d_activation.register_fake
-def _conv_transpose2d_activation_fake(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: list[int],
-    padding: list[int],
-    output_padding: list[int],
-    activation: str,
-    negative_slope: float,
-) -> Tensor:
-    """The output's shape and layout, for tracing."""
-    (kh, kw), (height, width) = weight.shape[2:], x.shape[2:]
-    out_h = _transposed_output_size(height, kh, stride[0], padding[0], output_padding[0])
-    out_w = _transposed_output_size(width, kw, stride[1], padding[1], output_padding[1])
-    return torch.empty(
-        (x.shape[0], weight.shape[1], out_h, out_w),
-        dtype=x.dtype,
-        device=x.device,
-        memory_format=_transposed_activation_format(x, weight),
+    return torch.ops.mkldnn._convolution_transpose_pointwise(
+        x, weight, bias, [*padding], [*output_padding], [*stride], [1, 1], 1, activation, scalars, ""
     )
 
 
@@ -408,8 +379,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     which is added after: oneDNN derives a transposed conv's bias gradient inside its weight
     gradient, slowly (the seed's last 32 → 32 up-sampling onto 64×64 took 1.7× longer forward and
     backward with it inside, bf16; 1.4× in fp32), where a separate ``+ bias`` costs one pass over
-    the output — except with an :attr:`activation` and no autograd, where bias and activation are
-    oneDNN post-ops (:func:`conv_transpose2d_activation`).
+    the output — except with an :attr:`activation`, no autograd and not compiled, where bias and
+    activation are oneDNN post-ops (:func:`conv_transpose2d_activation`).
 
     ``activation`` (None unless set: :func:`vaekit.evaluate.fuse_activations` moves the ReLU or
     LeakyReLU that follows the layer into it on the evaluator's inference copy) is applied to the
@@ -436,13 +407,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             )
         elif (post_op := self._activation_post_op(input)) is not None:
             return conv_transpose2d_activation(
-                input,
-                self.weight,
-                self.bias,
-                [*self.stride],
-                [*self.padding],
-                [*self.output_padding],
-                *post_op,
+                input, self.weight, self.bias, self.stride, self.padding, self.output_padding, *post_op
             )
         else:
             out = F.conv_transpose2d(
@@ -458,15 +423,18 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def _activation_post_op(self, input: Tensor) -> tuple[str, float] | None:
         """oneDNN's name and slope for :attr:`activation` where :func:`conv_transpose2d_activation`
         computes this layer (the caller has ruled out the other paths), else None: a ReLU or
-        LeakyReLU, float32 outside autocast, no autograd, oneDNN present, and an output that is a
+        LeakyReLU, float32 outside autocast, no autograd, oneDNN present, not traced by
+        ``torch.compile`` (whose own kernel for bias + activation made the VanillaVAE's scoring as
+        fast, and which cannot trace oneDNN's op with an unpacked weight), and an output that is a
         whole number of strides per input row and column — otherwise (a 3×3 stride-2 kernel without
         output padding) oneDNN falls back to a kernel 8–30× slower than its transposed conv."""
         if (
             not isinstance(self.activation, (nn.ReLU, nn.LeakyReLU))
+            or torch.compiler.is_compiling()
             or torch.is_grad_enabled()
             or torch.is_autocast_enabled(input.device.type)
             or input.dtype != torch.float32
-            or not torch.backends.mkldnn.is_available()
+            or not ONEDNN_POST_OPS
         ):
             return None
         sizes = zip(

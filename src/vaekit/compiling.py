@@ -1,6 +1,10 @@
 """``torch.compile`` for the evaluator's per-sample scoring (``vaekit evaluate --compile``).
 
-One extra graph pass on a CPU: inductor keeps ``bias + x @ Wᵀ`` as one ``addmm``, whose BLAS call
+On a CPU, two changes to inductor's defaults. The graph's wrapper — the code that allocates its
+buffers and calls its kernels and the library's products in turn — is generated C++
+(``cpp_wrapper``), not Python: a scoring call runs for a few milliseconds, and the Python wrapper's
+own time was 4–9% of it (the MLP VAE's and VanillaVAE's log p(x), two threads; docs/performance.md).
+And one extra graph pass: inductor keeps ``bias + x @ Wᵀ`` as one ``addmm``, whose BLAS call
 first copies the broadcast bias into the whole output and then accumulates onto it — a write and a
 read of a ``[rows, features]`` tensor more than a plain product (for the MLP decoder's
 ``[4800, 300] @ [300, 784]``, 15 MB each way). Split into ``mm`` + ``add``, the add fuses into the
@@ -59,7 +63,9 @@ def _split_bias_pass() -> Any:
 
 
 def compile_for_scoring(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
-    """``torch.compile(fn)`` with static shapes (one graph per chunk size), plus
-    :func:`split_bias_from_matmul` when ``fn`` runs on a CPU."""
-    options = {"post_grad_custom_post_pass": _split_bias_pass()} if device.type == "cpu" else None
+    """``torch.compile(fn)`` with static shapes (one graph per chunk size), plus, when ``fn`` runs on
+    a CPU, :func:`split_bias_from_matmul` and a C++ wrapper."""
+    options = None
+    if device.type == "cpu":
+        options = {"post_grad_custom_post_pass": _split_bias_pass(), "cpp_wrapper": True}
     return torch.compile(fn, dynamic=False, options=options)

@@ -68,8 +68,14 @@ FEW_OUTPUT_CHANNELS = 4
 #: Without autograd, inside ``torch.compile``, on a CPU, a transposed conv with at most this many
 #: output channels whose kernel is a multiple of its stride is :func:`conv_transpose2d_subpixel`:
 #: oneDNN's transposed conv onto 16 channels runs at 70 GFLOP/s here, the forward conv of the
-#: sub-pixel form 1.4–1.6× faster; onto 32 channels the two are even (docs/performance.md).
+#: sub-pixel form 1.3–1.6× faster; onto 32 channels the two are even (docs/performance.md).
 SUBPIXEL_MAX_OUT_CHANNELS = 16
+
+#: Whether this torch has oneDNN and its transposed conv with post-ops (asked once, at import: inside
+#: ``torch.compile`` the question would break the graph).
+ONEDNN_POST_OPS = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_convolution_transpose_pointwise"
+)
 
 
 def _on_cpu_plain(module: nn.Conv2d | nn.ConvTranspose2d, x: Tensor) -> bool:
@@ -288,28 +294,19 @@ def conv_transpose2d_subpixel(
     _, c_out, kh, kw = weight.shape
     (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
     th, tw = kh // sh, kw // sw
-    phases = F.conv2d(
-        x, subpixel_weight(weight, stride), None, 1, (th - 1, tw - 1)
-    )  # [N, s²·C_out, Q_h, Q_w]
     q_h, q_w = height + th - 1, width + tw - 1
+    # [N, s_h·s_w·C_out, Q_h, Q_w]: window q covers input rows q − t + 1 … q
+    phases = F.conv2d(x, subpixel_weight(weight, stride), None, 1, (th - 1, tw - 1))
     # [N, s_h, s_w, C_out, Q_h, Q_w] -> [N, C_out, Q_h, s_h, Q_w, s_w]: uncropped row s_h·q + r_h
     full = (
         phases.view(batch, sh, sw, c_out, q_h, q_w)
         .permute(0, 3, 4, 1, 5, 2)
         .reshape(batch, c_out, q_h * sh, q_w * sw)
     )
-    out_h, out_w = (
-        _transposed_output_size(height, kh, sh, ph, oh),
-        _transposed_output_size(width, kw, sw, pw, ow),
-    )
+    out_h = _transposed_output_size(height, kh, sh, ph, oh)
+    out_w = _transposed_output_size(width, kw, sw, pw, ow)
     out = full[:, :, ph : ph + out_h, pw : pw + out_w]
     return out if bias is None else out + bias.view(1, -1, 1, 1)
-
-
-#: Whether this torch has oneDNN and its transposed conv with post-ops (asked once, at import).
-ONEDNN_POST_OPS = torch.backends.mkldnn.is_available() and hasattr(
-    torch.ops.mkldnn, "_convolution_transpose_pointwise"
-)
 
 
 def conv_transpose2d_activation(

@@ -168,7 +168,7 @@ def fuse_activations(model: ModuleT) -> ModuleT:
     leaves of a BatchNorm) takes that activation as its ``activation``, and the activation's place
     becomes an ``nn.Identity``: the same function, computed eagerly without autograd on a CPU as one
     oneDNN call with the bias and the activation as post-ops, where two passes over the output added
-    them (the VanillaVAE's eager log p(x) 1.2× faster; docs/performance.md). Returns ``model``.
+    them (the VanillaVAE's eager log p(x) 1.2–1.3× faster; docs/performance.md). Returns ``model``.
     """
     for module in model.modules():
         if not isinstance(module, nn.Sequential):

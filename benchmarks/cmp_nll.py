@@ -112,7 +112,7 @@ def sitting(
             for m, k, n in MATMUL_SIZES:
                 name = f"matmul {label} [{m}, {k}] @ [{k}, {n}]"
                 contenders[name], flop_of[name] = matmul_contender(m, k, n, dtype)
-        rows_in: list[tuple[str, AutoEncoder, tuple[int, int], float, float]] = []
+        rows_in: list[tuple[str, AutoEncoder, tuple[int, int], int, float, float]] = []
         for (name, model), k in zip(models().items(), ks, strict=True):
             model = model.eval().to(memory_format=torch.channels_last)  # as vaekit.runs.evaluate_run
             per_sample, per_image = flops_per_sample(model, x[:10])
@@ -120,10 +120,11 @@ def sitting(
             # compiles once for all its batches; the same per-batch work as likelihood_metrics
             compiled = inference_copy(model)
             compiled.compile_scoring()
-            chunk = auto_chunk(x, PROTOCOL_K, widest_activation(compiled, x))
+            eager_chunk = auto_chunk(x, PROTOCOL_K, widest_activation(model, x))
+            chunk = auto_chunk(x, PROTOCOL_K, widest_activation(compiled, x, compiled=True))
             counts = sample_counts(k, chunk)
-            rows_in.append((name, model, counts, per_sample, per_image))
-            rows_in.append((f"{name}, compiled", compiled, counts, per_sample, per_image))
+            rows_in.append((name, model, counts, eager_chunk, per_sample, per_image))
+            rows_in.append((f"{name}, compiled", compiled, counts, chunk, per_sample, per_image))
             for count in counts:
                 contenders[f"{name} @ k={count}"] = lambda m=model, k=count: likelihood_metrics(
                     m, [x], iw_samples=k, seed=0
@@ -145,7 +146,7 @@ def sitting(
         )
     ratios: dict[str, float] = {}
     minutes_of: dict[str, float] = {}
-    for name, model, (k_low, k_high), per_sample, per_image in rows_in:
+    for name, _, (k_low, k_high), chunk, per_sample, per_image in rows_in:
         low, high = (times[f"{name} @ k={count}"]["median_ms"] / 1000 for count in (k_low, k_high))
         per_sample_s = (high - low) / (k_high - k_low) / len(x)  # b / images: one sample of one image
         per_batch_s = high - k_high * len(x) * per_sample_s  # a: the encoder, the ELBO, the calls
@@ -159,7 +160,7 @@ def sitting(
                 "threads": threads,
                 "what": f"log p(x), {name}",
                 "k timed": f"{k_low}, {k_high}",
-                "chunk": auto_chunk(x, PROTOCOL_K, widest_activation(model, x)),
+                "chunk": chunk,
                 "MFLOP/sample": per_sample / 1e6,
                 "MFLOP/image (encoder)": per_image / 1e6,
                 "µs/sample": per_sample_s * 1e6,

@@ -38,7 +38,7 @@ from vaekit.data import ImageData, likelihood_data, make_loader, to_model_range,
 from vaekit.errors import VaekitError
 from vaekit.losses import bits_per_dim, bits_per_dim_8bit, monte_carlo_kl, reparameterize
 from vaekit.models import VQVAE, AutoEncoder, GaussianLatentVAE, Model
-from vaekit.nn import ConvTranspose2d
+from vaekit.nn import CacheTiledSequential, ConvTranspose2d
 
 DEFAULT_IW_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 100
@@ -112,17 +112,23 @@ def auto_chunk(batch: Tensor, num_samples: int, per_sample: int | None = None) -
     return max(1, min(num_samples, budget // (len(batch) * per_sample)))
 
 
-def widest_activation(model: AutoEncoder, x: Tensor) -> int:
+def widest_activation(model: AutoEncoder, x: Tensor, compiled: bool = False) -> int:
     """Floats of the largest output of any module in ``model.log_px`` of one example and one sample
     (a probe with forward hooks; torch's RNG is restored after it). Outputs of other batch sizes,
-    such as a VampPrior's encoded pseudo-inputs, are not per sample and are left out."""
+    such as a VampPrior's encoded pseudo-inputs, are not per sample and are left out. ``compiled``:
+    the model's scoring is compiled (``compile_scoring``), where a
+    :class:`~vaekit.nn.CacheTiledSequential` takes the batch in tiles of a fixed size, so the
+    activations inside it do not grow with the chunk and only its output counts."""
     sizes = [x[0].numel()]
 
     def record(module: nn.Module, inputs: Any, output: Any) -> None:
         if isinstance(output, Tensor) and output.dim() and output.shape[0] == 1:
             sizes.append(output.numel())
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if not any(m.children())]
+    tiled = [m for m in model.modules() if isinstance(m, CacheTiledSequential)] if compiled else []
+    inside_tiles = {id(sub) for block in tiled for sub in block.modules() if sub is not block}
+    probed = [m for m in model.modules() if not any(m.children()) and id(m) not in inside_tiles] + tiled
+    hooks = [m.register_forward_hook(record) for m in probed]
     try:
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             model.log_px(x[:1], 1, 1)
@@ -228,7 +234,7 @@ def likelihood_metrics(
                 stderr = torch.zeros_like(elbo)
             else:
                 if chunk_size is None:
-                    per_sample = per_sample or widest_activation(fast, x)
+                    per_sample = per_sample or widest_activation(fast, x, compiled=compile)
                 chunk = chunk_size or auto_chunk(x, iw_samples, per_sample)
                 log_px, stderr = fast.log_px(x, iw_samples, chunk)  # [B], [B]
                 elbo = fast.elbo(x)  # [B]

@@ -10,7 +10,15 @@ from torch import Tensor, nn
 from vaekit.models.base import capture_config, check_input, image_shape
 from vaekit.models.gaussian import GaussianLatentVAE
 from vaekit.models.likelihood import DecoderLikelihood
-from vaekit.nn import Conv2d, check_min_size, halving_sizes, mlp, phase_pixel_order, upsampling_conv
+from vaekit.nn import (
+    CacheTiledSequential,
+    Conv2d,
+    check_min_size,
+    halving_sizes,
+    mlp,
+    phase_pixel_order,
+    upsampling_conv,
+)
 from vaekit.nn import activation as make_activation
 
 
@@ -93,12 +101,13 @@ class VanillaVAE(GaussianLatentVAE):
             )
         self.decoder = nn.Sequential(*stages)
         last = reversed_dims[-1]
-        self.final_layer = nn.Sequential(
+        self.final_layer = CacheTiledSequential(
             up(last, last, 0),
             nn.BatchNorm2d(last),
             nn.LeakyReLU(),
             Conv2d(last, channels, kernel_size=3, padding=1),
             nn.Tanh() if likelihood == "gaussian" else nn.Identity(),
+            widest=last * height * width,  # the up-sampling's output, for one example
         )
         self.likelihood = DecoderLikelihood(likelihood, sigma, learn_sigma, (channels, 1, 1))
 

@@ -72,8 +72,8 @@ FEW_OUTPUT_CHANNELS = 4
 SUBPIXEL_MAX_OUT_CHANNELS = 16
 
 #: Floats that the widest activation of one tile of a :class:`CacheTiledSequential` may reach: 2 MiB,
-#: one core's L2 cache here (docs/performance.md measured 20 and 25 examples of the VanillaVAE's
-#: 25,088-float last up-sampling alike, 50 slower).
+#: one core's L2 cache here (the VanillaVAE's last layers, 25,088 floats an example, ran fastest in
+#: tiles of 20 or 25 examples, a little slower in tiles of 10 or 50, slowest whole: docs/performance.md).
 CACHE_TILE_FLOATS = 2**19
 
 #: Whether this torch has oneDNN and its transposed conv with post-ops (asked once, at import: inside
@@ -510,16 +510,16 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
 
 class CacheTiledSequential(nn.Sequential):
-    """``nn.Sequential`` (same layers, same keys) whose layers, compiled for scoring on a CPU, take the
-    batch one tile at a time: each tile of at most ``CACHE_TILE_FLOATS // widest`` examples goes
-    through all of them before the next, ``widest`` being the floats of the layers' widest activation
-    for one example.
+    """``nn.Sequential`` (same layers, same keys) whose layers, traced by ``torch.compile`` without
+    autograd on a CPU (the evaluator's compiled scoring), take the batch one tile at a time: each tile
+    of at most ``CACHE_TILE_FLOATS // widest`` examples goes through all of them before the next,
+    ``widest`` being the floats of the layers' widest activation for one example.
 
     A decoder's last layers write the widest maps (the VanillaVAE's last up-sampling on 28×28: 32
     channels, 25,088 floats an example, 10 MB for a call of 100 samples); whole-batch, each layer
-    reads what the one before wrote back from memory, tile by tile it is still in cache. Only under
-    ``torch.compile`` without autograd: there the tiles are one graph; eager each tile's ops are
-    calls of their own, and the untiled batch was faster (docs/performance.md).
+    reads back what the one before wrote after it has left the core's cache, tile by tile while it
+    is still there. Only compiled: the tiles are then one graph, where eager each tile's ops are
+    calls of their own and the whole batch was faster (docs/performance.md).
     """
 
     def __init__(self, *layers: nn.Module, widest: int) -> None:
@@ -530,6 +530,9 @@ class CacheTiledSequential(nn.Sequential):
     def tile_size(self) -> int:
         """Examples per tile: the most whose widest activation fits :data:`CACHE_TILE_FLOATS`."""
         return max(1, CACHE_TILE_FLOATS // self.widest)
+
+    def extra_repr(self) -> str:
+        return f"widest={self.widest}"
 
     def forward(self, input: Tensor) -> Tensor:
         tiled = (

@@ -112,7 +112,7 @@ def sitting(
             for m, k, n in MATMUL_SIZES:
                 name = f"matmul {label} [{m}, {k}] @ [{k}, {n}]"
                 contenders[name], flop_of[name] = matmul_contender(m, k, n, dtype)
-        rows_in: list[tuple[str, AutoEncoder, tuple[int, int], int, float, float]] = []
+        rows_in: list[tuple[str, tuple[int, int], int, float, float]] = []
         for (name, model), k in zip(models().items(), ks, strict=True):
             model = model.eval().to(memory_format=torch.channels_last)  # as vaekit.runs.evaluate_run
             per_sample, per_image = flops_per_sample(model, x[:10])
@@ -123,8 +123,8 @@ def sitting(
             eager_chunk = auto_chunk(x, PROTOCOL_K, widest_activation(model, x))
             chunk = auto_chunk(x, PROTOCOL_K, widest_activation(compiled, x, compiled=True))
             counts = sample_counts(k, chunk)
-            rows_in.append((name, model, counts, eager_chunk, per_sample, per_image))
-            rows_in.append((f"{name}, compiled", compiled, counts, chunk, per_sample, per_image))
+            rows_in.append((name, counts, eager_chunk, per_sample, per_image))
+            rows_in.append((f"{name}, compiled", counts, chunk, per_sample, per_image))
             for count in counts:
                 contenders[f"{name} @ k={count}"] = lambda m=model, k=count: likelihood_metrics(
                     m, [x], iw_samples=k, seed=0
@@ -146,7 +146,7 @@ def sitting(
         )
     ratios: dict[str, float] = {}
     minutes_of: dict[str, float] = {}
-    for name, _, (k_low, k_high), chunk, per_sample, per_image in rows_in:
+    for name, (k_low, k_high), chunk, per_sample, per_image in rows_in:
         low, high = (times[f"{name} @ k={count}"]["median_ms"] / 1000 for count in (k_low, k_high))
         per_sample_s = (high - low) / (k_high - k_low) / len(x)  # b / images: one sample of one image
         per_batch_s = high - k_high * len(x) * per_sample_s  # a: the encoder, the ELBO, the calls

@@ -9,7 +9,13 @@ import torch.nn.functional as F
 
 from seed_reference import SeedVectorQuantizer
 from vaekit.losses import vq_latent_loss
-from vaekit.quantize import VectorQuantizer, nearest_rows, search_rows
+from vaekit.quantize import (
+    VectorQuantizer,
+    _first_minima_by_hits,
+    _first_minima_by_min,
+    nearest_rows,
+    search_rows,
+)
 
 
 def _flat(latents: torch.Tensor) -> torch.Tensor:
@@ -56,6 +62,26 @@ def test_exact_ties_go_to_the_first_code_like_argmin():
     # rows 0 and 1 sit on duplicated codes, row 2 halfway between codes 0 and 1 (and their copies),
     # row 4 equidistant from all five
     assert nearest_rows(flat, codebook, chunk_size=2).tolist() == [0, 1, 0, 2, 0]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_cpu_search_by_hits_equals_torch_min_with_ties_nans_and_infinities(rows):
+    gen = torch.Generator().manual_seed(2)
+    k = 9
+    columns = torch.randn(4, 40, generator=gen).round()  # [D + 1, N], integer values: many exact ties
+    columns[3] = 1.0
+    scores_by = torch.randn(4, k, generator=gen).round()  # [D + 1, K]
+    scores_by[:, 5] = scores_by[:, 2]  # code 5 duplicates code 2: every row that picks 2 ties with 5
+    columns[0, 7] = float("nan")  # a NaN score row: torch.min returns the index of the NaN
+    columns[1, 11] = float("inf")  # scores of ±inf, and an all-NaN row from inf − inf
+    columns[1, 12], columns[2, 12] = float("inf"), float("-inf")
+    columns[:, 13] = 0.0  # scores of exactly 0, the ones row too: all K codes tie
+    scores = columns.T @ scores_by  # [N, K]
+    expected = scores.min(1).indices
+    assert torch.equal(_first_minima_by_min(columns, scores_by, rows), expected)
+    assert torch.equal(_first_minima_by_hits(columns, scores_by, rows), expected)
+    counts = (scores == scores.amin(1, keepdim=True)).sum(1)  # [N]
+    assert (counts > 1).sum() >= 10 and (counts == 0).any() and (counts == 1).sum() >= 10  # all paths ran
 
 
 def test_default_block_is_one_mib_per_cpu_thread_and_a_given_chunk_size_wins():

@@ -121,8 +121,16 @@ def test_calls_are_sized_by_the_widest_activation_of_one_sample(model, widest):
     assert widest_activation(model.eval(), x) == widest  # the VampPrior's [50, 30] is not per sample
     assert torch.equal(torch.random.get_rng_state(), state)  # the probe leaves the RNG alone
     chunk = auto_chunk(x, 10**9, widest)
-    assert chunk * len(x) * widest <= ACTIVATION_BUDGET["cpu"] < (chunk + 1) * len(x) * widest
+    floats = max(widest, 2 * 144)  # a sample counts at least the likelihood's two image-sized buffers
+    assert chunk * len(x) * floats <= ACTIVATION_BUDGET["cpu"] < (chunk + 1) * len(x) * floats
     assert auto_chunk(x, 7, widest) == 7
+
+
+def test_the_likelihood_buffers_bind_only_where_the_output_is_widest():
+    x = torch.rand(100, 1, 28, 28)
+    assert auto_chunk(x, 10**9, 784) == ACTIVATION_BUDGET["cpu"] // (100 * 2 * 784)  # an MLP VAE: 25
+    assert auto_chunk(x, 10**9, 3136) == ACTIVATION_BUDGET["cpu"] // (100 * 3136)  # a conv map: 12
+    assert auto_chunk(x, 10**9) == auto_chunk(x, 10**9, 784)
 
 
 def test_a_vq_vae_bound_is_scored_once_per_batch():

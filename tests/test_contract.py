@@ -191,7 +191,14 @@ def test_a_run_stopped_by_vaekit_0_1_resumes_to_the_same_weights(tmp_path, cli):
     got = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
     expected = load_file(str(FIXTURES / "run_resumed_last.safetensors"))
     assert got.keys() == expected.keys()
-    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    # The expectation was made on an Intel Xeon: another CPU's kernels may round the last bit
+    # differently (3e-8 seen on an AMD EPYC), where a resume that lost the optimizer state, the
+    # schedule or the random stream would differ by about a step's size (the resumed epoch moves the
+    # weights by 2.6e-3 in all, about 2.6e-4 a step).
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6)
+    start = load_file(str(FIXTURES / "run" / "checkpoints" / "last" / "model.safetensors"))
+    assert all((expected[k] - start[k]).abs().max() > 1e-3 for k in expected)  # the tolerance is small
     assert json.loads((run / "checkpoints" / "last" / "config.json").read_text())["name"] == "mlp_vae"
     # the old metrics.csv keeps its columns: every appended row lines up with its header
     rows = (run / "metrics.csv").read_text().splitlines()

@@ -224,6 +224,8 @@ def finalize_run(
     decided = {key: progress[key] for key in ("precision", "memory_format") if key in progress}
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **decided))
     _, model = load_run(run_dir, which, map_location=device)
+    if cfg.train.memory_format == "channels_last":  # as training evaluated it: the same conv kernels,
+        model = model.to(memory_format=torch.channels_last)  # so the same numbers as its last row
     train_data, test_data = (
         load_split(cfg.data, cfg.data.train_split),
         load_split(cfg.data, cfg.data.test_split),

@@ -53,6 +53,8 @@ choices (k-means seeds, restarted codes) are broadcast from rank 0, so all ranks
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -137,18 +139,24 @@ def _nearest_columns(columns: Tensor, codebook: Tensor, chunk_size: int | None =
         return _first_minima_by_min(columns, scores_by, rows)
 
 
+def _score_blocks(columns: Tensor, scores_by: Tensor, rows: int) -> Iterator[tuple[slice, Tensor]]:
+    """``(span, scores)`` for each block of at most ``rows`` vectors: ``scores = columns[:, span]ᵀ
+    scores_by`` (``[C, K]``: ``||e||² − 2 z·e``), written into one buffer reused block after block."""
+    n = columns.shape[1]
+    block = columns.new_empty(rows, scores_by.shape[1])  # [C, K]
+    for start in range(0, n, rows):
+        span = slice(start, min(start + rows, n))
+        yield span, torch.mm(columns[:, span].T, scores_by, out=block[: span.stop - start])
+
+
 def _first_minima_by_min(columns: Tensor, scores_by: Tensor, rows: int) -> Tensor:
     """``argmin_k (columns[:, n]ᵀ scores_by)[k]`` for every n (``[N]`` long, first index on ties, the
     index of a NaN where a row has one), by ``torch.min`` over blocks of ``rows`` scores ``[rows, K]``
     (``min`` is several times faster than ``argmin`` on CPU)."""
-    n, k = columns.shape[1], scores_by.shape[1]
-    block = columns.new_empty(rows, k)  # [C, K]
     values = columns.new_empty(rows)  # [C]
-    out = torch.empty(n, dtype=torch.long, device=columns.device)  # [N]
-    for start in range(0, n, rows):
-        c = min(rows, n - start)
-        torch.mm(columns[:, start : start + c].T, scores_by, out=block[:c])  # [C, K]: ||e||² − 2 z·e
-        torch.min(block[:c], 1, out=(values[:c], out[start : start + c]))
+    out = torch.empty(columns.shape[1], dtype=torch.long, device=columns.device)  # [N]
+    for span, scores in _score_blocks(columns, scores_by, rows):
+        torch.min(scores, 1, out=(values[: len(scores)], out[span]))
     return out
 
 
@@ -163,18 +171,15 @@ def _first_minima_by_hits(columns: Tensor, scores_by: Tensor, rows: int) -> Tens
     the same in every case. Sums of at most K < 2²⁴ terms of 0/1 and one index are exact in float32.
     """
     n, k = columns.shape[1], scores_by.shape[1]
-    block = columns.new_empty(rows, k)  # [C, K]
     minima = columns.new_empty(rows, 1)  # [C, 1]
     index_plus_one = columns.new_empty(n)  # [N]
     hit_counts = columns.new_empty(n)  # [N]
     plus_one = torch.arange(1, k + 1, dtype=columns.dtype, device=columns.device)  # [K]: k + 1
-    for start in range(0, n, rows):
-        c = min(rows, n - start)
-        scores = torch.mm(columns[:, start : start + c].T, scores_by, out=block[:c])  # [C, K]
-        torch.amin(scores, 1, keepdim=True, out=minima[:c])
-        hits = scores.eq_(minima[:c])  # [C, K]: 1.0 where the row's minimum is attained
-        torch.mv(hits, plus_one, out=index_plus_one[start : start + c])
-        torch.sum(hits, 1, out=hit_counts[start : start + c])
+    for span, scores in _score_blocks(columns, scores_by, rows):
+        block_minima = torch.amin(scores, 1, keepdim=True, out=minima[: len(scores)])  # [C, 1]
+        hits = scores.eq_(block_minima)  # [C, K]: 1.0 where the row's minimum is attained
+        torch.mv(hits, plus_one, out=index_plus_one[span])
+        torch.sum(hits, 1, out=hit_counts[span])
     out = index_plus_one.long().sub_(1)  # [N]
     again = (hit_counts != 1).nonzero()[:, 0]  # [M]: rows with ties or NaNs (one host sync)
     if again.numel():

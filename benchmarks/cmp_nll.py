@@ -4,8 +4,9 @@ How close does ``vaekit evaluate --iw-samples 5000`` come to what this machine c
 each model this counts the FLOPs of one importance sample (the convolutions and matrix products of
 the decoder and of the prior and proposal terms, counted by ``torch.utils.flop_counter``; the
 encoder runs once per image and is counted apart), times :func:`vaekit.evaluate.likelihood_metrics`
-— the evaluator's own path, conv models in channels-last as ``vaekit evaluate`` puts them — on a
-subset, and compares the rate with the best fp32 matrix product of the same sitting::
+— the evaluator's own path, conv models in channels-last as ``vaekit evaluate`` puts them, its
+batches scored by as many threads as torch has intra-op threads — on a subset of two batches per
+thread, and compares the rate with the best fp32 matrix product of the same sitting::
 
     python benchmarks/cmp_nll.py [--quick]
 
@@ -29,10 +30,17 @@ from common import alternate, machine, report
 from torch.utils.flop_counter import FlopCounterMode
 
 from vaekit import MLPVAE, ConvVAE, VanillaVAE
-from vaekit.evaluate import auto_chunk, inference_copy, likelihood_metrics, widest_activation
+from vaekit.evaluate import (
+    auto_chunk,
+    inference_copy,
+    likelihood_metrics,
+    score_likelihood,
+    widest_activation,
+)
 from vaekit.models import AutoEncoder
 
 PROTOCOL_IMAGES, PROTOCOL_K = 10_000, 5000
+BATCH = 100  # vaekit evaluate's default batch size
 
 #: Matrix products whose rate is measured: the MLP decoder's calls at the evaluator's chunk, and
 #: square ones (the machine's best case).
@@ -77,14 +85,6 @@ def flops_per_sample(model: AutoEncoder, x: torch.Tensor) -> tuple[float, float]
     return per_sample, per_image
 
 
-@torch.inference_mode()
-def _score(model: AutoEncoder, x: torch.Tensor, k: int, chunk: int) -> None:
-    """What :func:`likelihood_metrics` computes for one batch, on an already prepared model."""
-    torch.manual_seed(0)
-    model.log_px(x, k, chunk)
-    model.elbo(x)
-
-
 def sample_counts(k: int, chunk: int) -> tuple[int, int]:
     """The two values of k a model is timed at, whole chunks each: about k, and about k / 4."""
     high = max(2, round(k / chunk)) * chunk
@@ -96,10 +96,13 @@ def sitting(
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """One alternated sitting at ``threads`` intra-op threads: the table rows, and the metrics.
 
-    Each model is timed at two values of k: a batch costs a + b·k (the encoder and the one-sample
-    ELBO once per batch, the decoder and likelihood once per sample), and the protocol's minutes
-    are a + b·5000 per batch of images — extrapolating one k linearly would charge the per-batch
-    part 5000 / k times over."""
+    Each call scores ``x``, two batches of 100 images per thread, as the evaluator does: by
+    ``threads`` worker threads (:func:`vaekit.evaluate.score_likelihood`). Each model is timed at
+    two values of k: a batch costs a + b·k (the encoder and the one-sample ELBO once per batch,
+    the decoder and likelihood once per sample), and the protocol's minutes are a + b·5000 per
+    batch of images — extrapolating one k linearly would charge the per-batch part 5000 / k times
+    over."""
+    batches = x[: 2 * threads * BATCH].split(BATCH)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     # the three models share GaussianLatentVAE._log_weights: each model and chunk shape is a
@@ -116,21 +119,22 @@ def sitting(
         for (name, model), k in zip(models().items(), ks, strict=True):
             model = model.eval().to(memory_format=torch.channels_last)  # as vaekit.runs.evaluate_run
             per_sample, per_image = flops_per_sample(model, x[:10])
+            x_batch = batches[0]
             # `vaekit evaluate --compile`: compiled once here (the warm-up round), as one evaluation
             # compiles once for all its batches; the same per-batch work as likelihood_metrics
             compiled = inference_copy(model)
             compiled.compile_scoring()
-            eager_chunk = auto_chunk(x, PROTOCOL_K, widest_activation(model, x))
-            chunk = auto_chunk(x, PROTOCOL_K, widest_activation(compiled, x, compiled=True))
+            eager_chunk = auto_chunk(x_batch, PROTOCOL_K, widest_activation(model, x_batch))
+            chunk = auto_chunk(x_batch, PROTOCOL_K, widest_activation(compiled, x_batch, compiled=True))
             counts = sample_counts(k, chunk)
             rows_in.append((name, counts, eager_chunk, per_sample, per_image))
             rows_in.append((f"{name}, compiled", counts, chunk, per_sample, per_image))
             for count in counts:
                 contenders[f"{name} @ k={count}"] = lambda m=model, k=count: likelihood_metrics(
-                    m, [x], iw_samples=k, seed=0
+                    m, batches, iw_samples=k, seed=0
                 )
-                contenders[f"{name}, compiled @ k={count}"] = lambda m=compiled, k=count, c=chunk: _score(
-                    m, x, k, c
+                contenders[f"{name}, compiled @ k={count}"] = lambda m=compiled, k=count: score_likelihood(
+                    m, batches, iw_samples=k, seed=0, compiled=True
                 )
         times = alternate(contenders, rounds=rounds, warmup=1)
     finally:
@@ -148,10 +152,11 @@ def sitting(
     minutes_of: dict[str, float] = {}
     for name, (k_low, k_high), chunk, per_sample, per_image in rows_in:
         low, high = (times[f"{name} @ k={count}"]["median_ms"] / 1000 for count in (k_low, k_high))
-        per_sample_s = (high - low) / (k_high - k_low) / len(x)  # b / images: one sample of one image
-        per_batch_s = high - k_high * len(x) * per_sample_s  # a: the encoder, the ELBO, the calls
-        batch_s = per_batch_s + PROTOCOL_K * len(x) * per_sample_s  # one batch of the protocol
-        minutes = PROTOCOL_IMAGES / len(x) * batch_s / 60
+        images = len(batches) * BATCH
+        per_sample_s = (high - low) / (k_high - k_low) / images  # b / images: one sample of one image
+        per_batch_s = (high - k_high * images * per_sample_s) / len(batches)  # a: encoder, ELBO, calls
+        batch_s = per_batch_s + PROTOCOL_K * BATCH * per_sample_s  # one batch of the protocol
+        minutes = PROTOCOL_IMAGES / BATCH * batch_s / 60
         flops = PROTOCOL_IMAGES * (PROTOCOL_K * per_sample + per_image)
         at_peak = flops / peak / 60
         ratios[name], minutes_of[name] = minutes / at_peak, minutes
@@ -201,24 +206,25 @@ def measure(quick: bool) -> dict[str, Any]:
     multi-threaded op waits for its threads to be scheduled, which punishes many small ops far more
     than a few large matmuls; the one-thread ratios are then the better guide to a quiet machine.
     """
-    gen = torch.Generator().manual_seed(0)
-    x = torch.bernoulli(torch.rand(100, 1, 28, 28, generator=gen), generator=gen)
-    # importance samples per image at the larger k timed: a call of about 0.3 s (full) or 0.1 s
-    # (quick) at two threads on a quiet machine
-    ks = [200, 50, 20] if quick else [1200, 240, 60]
-    rounds = 2 if quick else 5
     threads = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.rand(2 * threads * BATCH, 1, 28, 28, generator=gen), generator=gen)
+    # importance samples per image at the larger k timed: a call of about 0.6 s (full) or 0.2 s
+    # (quick) at two threads on a quiet machine
+    ks = [100, 25, 10] if quick else [600, 120, 30]
+    rounds = 2 if quick else 5
     rows, metrics = sitting(threads, ks, rounds, x)
     if threads > 1:
-        rows_1, metrics_1 = sitting(1, [k // 2 for k in ks], rounds, x)
+        rows_1, metrics_1 = sitting(1, ks, rounds, x)  # half the batches: calls about as long
         rows += rows_1
         metrics |= {f"{key}_1thread": value for key, value in metrics_1.items()}
     metrics["threads"] = threads
     metrics["load_average_1min"] = os.getloadavg()[0]
     return {
         "title": "Importance-sampled log p(x) against the machine's fp32 matmul rate",
-        "fair": "the evaluator's own likelihood_metrics (k samples of 100 binarized 28×28 images, the "
-        "evaluator's chunking, conv models channels-last as vaekit evaluate runs them) alternated "
+        "fair": "the evaluator's own likelihood_metrics (k samples of two batches of 100 binarized 28×28 "
+        "images per thread, scored by one worker thread per intra-op thread, the evaluator's chunking, "
+        "conv models channels-last as vaekit evaluate runs them) alternated "
         "round by round with torch.mm calls of ~2 GFLOP in the same process and threads, at the "
         "default thread count and at one thread; FLOPs counted by torch.utils.flop_counter "
         "(matmuls and convolutions only)",

@@ -24,6 +24,7 @@ LAYERS = [
         "progress",
         "compiling",
         "allocator",
+        "threads",
     },
     {"quantize", "data"},
     {"models"},

@@ -241,6 +241,7 @@ def test_a_device_that_is_not_there(tmp_path, cli, vae_run):
         ("interpolate", "--steps", "0"),
         ("interpolate", "--pairs", "0"),
         ("encode", "--batch-size", "0"),
+        ("evaluate", "--workers", "0"),
     ],
 )
 def test_counts_must_be_positive(tmp_path, capsys, vae_run, argv):

@@ -11,6 +11,7 @@ from vaekit import MLPVAE, VQVAE, ConvVAE, VanillaVAE
 from vaekit.evaluate import (
     ACTIVATION_BUDGET,
     auto_chunk,
+    batch_generators,
     fold_batchnorm,
     inference_copy,
     likelihood_metrics,
@@ -96,10 +97,10 @@ def test_the_fast_path_gives_the_plain_estimate():
     chunk = auto_chunk(x, k, widest_activation(model, x))
     res = likelihood_metrics(model, [x], iw_samples=k, seed=3)
     assert res["chunk_size"] == chunk
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(3)
-        log_px, stderr = model.log_px(x, k, chunk)
-        elbo = model.elbo(x)
+    generator = next(batch_generators(3, x.device))  # the first batch's, as likelihood_metrics draws
+    with torch.no_grad():
+        log_px, stderr = model.log_px(x, k, chunk, generator)
+        elbo = model.elbo(x, generator=generator)
     assert res["nll_nats"] == pytest.approx(float(-log_px.double().mean()), abs=1e-4)
     assert res["elbo_nats"] == pytest.approx(float(elbo.double().mean()), abs=1e-4)
     assert res["nll_stderr"] == pytest.approx(float(stderr.double().pow(2).sum().sqrt() / 6), rel=1e-3)
@@ -204,9 +205,11 @@ def test_compiled_scoring_gives_the_eager_numbers(name):
         model.attach_prior(GatedPixelCNN(image_size=3, num_embeddings=16, hidden_channels=8, num_layers=2))
         x = torch.rand(20, 1, 12, 12) * 2 - 1
     batches = list(x.split(10))
-    eager = likelihood_metrics(model, batches, iw_samples=30, chunk_size=16, seed=3)
-    compiled = likelihood_metrics(model, batches, iw_samples=30, chunk_size=16, seed=3, compile=True)
-    assert compiled.keys() == eager.keys()
+    # eager in the calling thread, compiled by two threads: the graphs are made at one intra-op thread
+    common = {"iw_samples": 30, "chunk_size": 16, "seed": 3}
+    eager = likelihood_metrics(model, batches, **common, workers=1)
+    compiled = likelihood_metrics(model, batches, **common, compile=True, workers=2)
+    assert compiled.keys() == eager.keys() and compiled["workers"] == 2
     for key in ("elbo_nats", "nll_nats", "nll_stderr"):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-4), key
     # the model itself is left as it was: only the evaluator's copy is compiled

@@ -14,7 +14,7 @@ from vaekit import LinearGaussianVAE, VaekitError, features, losses
 from vaekit.cli.evaluate import add_parsers, cmd_evaluate, format_table
 from vaekit.config import load_config, save_config
 from vaekit.data import ImageData, binarize_once, dequantize, likelihood_data, load_dataset
-from vaekit.evaluate import PROTOCOLS, likelihood_metrics, to_bits_per_dim
+from vaekit.evaluate import PROTOCOLS, batch_generators, likelihood_metrics, to_bits_per_dim
 from vaekit.models import build_model
 from vaekit.runs import evaluate_run
 
@@ -192,7 +192,7 @@ def test_evaluate_a_vae_run(vae_run, tmp_path, monkeypatch):
     monkeypatch.setattr(features, "MAX_TRAIN_EXAMPLES", 1000)  # keys and sanity here, not accuracy
     monkeypatch.setattr(features, "EPOCHS", 1)
     out = tmp_path / "evaluation.json"
-    res = evaluate_run(vae_run, iw_samples=20, progress=False, json_path=out)
+    res = evaluate_run(vae_run, iw_samples=20, progress=False, json_path=out, workers=2)
     assert json.loads(out.read_text()) == json.loads(
         json.dumps({k: v for k, v in res.items() if k != "json_path"})
     )
@@ -200,6 +200,7 @@ def test_evaluate_a_vae_run(vae_run, tmp_path, monkeypatch):
         assert key in res, key
     assert not any(key in res for key in VQ_ONLY)
     assert res["num_examples"] == 500 and res["num_samples"] == 500 and res["iw_samples"] == 20
+    assert res["workers"] == 2  # batches scored by two threads at once
     assert res["nll_nats"] <= -res["elbo_nats"] + 0.5 and res["nll_stderr"] > 0
     assert res["bits_per_dim_conversion"] == "binary" and "no offset" in res["data_note"]
     assert res["bits_per_dim"] == pytest.approx(losses.bits_per_dim(res["nll_nats"], 784))
@@ -293,8 +294,8 @@ def test_the_protocol_binarizes_the_test_set_with_its_own_seed(tmp_path, monkeyp
 def test_nll_stderr_of_the_mean_combines_the_per_example_errors(ppca):
     model, x = ppca
     res = likelihood_metrics(model, [x], iw_samples=30, chunk_size=30, seed=0)
-    torch.manual_seed(0)  # one batch, the same seed: the same draws as inside likelihood_metrics
+    generator = next(batch_generators(0, x.device))  # one batch, the same seed: the same draws
     with torch.no_grad():
-        log_px, se = model.log_px(x, 30, 30)  # [300], [300]
+        log_px, se = model.log_px(x, 30, 30, generator)  # [300], [300]
     assert res["nll_nats"] == pytest.approx(float(-log_px.double().mean()), rel=1e-6)
     assert res["nll_stderr"] == pytest.approx(float(se.double().pow(2).sum().sqrt()) / 300, rel=1e-6)

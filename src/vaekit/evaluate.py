@@ -24,7 +24,7 @@ import copy
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,6 +39,7 @@ from vaekit.errors import VaekitError
 from vaekit.losses import bits_per_dim, bits_per_dim_8bit, monte_carlo_kl, reparameterize
 from vaekit.models import VQVAE, AutoEncoder, GaussianLatentVAE, Model
 from vaekit.nn import CacheTiledSequential, ConvTranspose2d
+from vaekit.threads import map_in_threads
 
 DEFAULT_IW_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 100
@@ -204,6 +205,16 @@ def inference_copy(model: ModuleT) -> ModuleT:
     return fuse_activations(fold_batchnorm(model))
 
 
+def batch_generators(seed: int, device: torch.device) -> Iterator[torch.Generator]:
+    """The generator each batch of a likelihood pass draws from, in the batches' order: the i-th is
+    seeded with the i-th 63-bit draw of a CPU generator seeded with ``seed``. A batch's draws then
+    depend on ``seed`` and its place, not on which thread scores it or when."""
+    seeds = torch.Generator().manual_seed(seed)
+    while True:
+        batch_seed = int(torch.randint(2**63 - 1, (), generator=seeds))
+        yield torch.Generator(device).manual_seed(batch_seed)
+
+
 def likelihood_metrics(
     model: AutoEncoder,
     batches: Iterable[Tensor],
@@ -212,53 +223,114 @@ def likelihood_metrics(
     seed: int = 0,
     progress: bool = False,
     compile: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Mean ELBO, importance-sampled NLL (k = ``iw_samples``) and its standard error, in nats.
-
-    Torch's RNG is seeded with ``seed`` for the pass (and restored after), the model is in eval().
-    The scoring runs under ``torch.inference_mode`` on :func:`inference_copy`'s copy of the model.
-    A model whose :meth:`~vaekit.models.AutoEncoder.log_px` is not an importance-sampled estimate
-    but its ELBO itself (it says so in ``log_px_note``: a VQ-VAE, whose q(z|x) is one code map) is
-    scored once per batch, its ELBO standing for both, with standard error 0. With ``compile``
-    the per-sample work is ``torch.compile``d (:meth:`~vaekit.models.AutoEncoder.compile_scoring`:
-    seconds of compiling, then the MLP VAE's importance samples 1.3–1.8× faster on a CPU; needs a C++
-    compiler there); the estimate is the same up to float rounding.
-    """
+    """Mean ELBO, importance-sampled NLL (k = ``iw_samples``) and its standard error, in nats:
+    :func:`score_likelihood` on :func:`inference_copy`'s copy of ``model``, in eval mode. With
+    ``compile`` the copy's per-sample work is ``torch.compile``d
+    (:meth:`~vaekit.models.AutoEncoder.compile_scoring`: seconds of compiling, then the MLP VAE's
+    importance samples 1.3–1.8× faster on a CPU; needs a C++ compiler there); the estimate is the
+    same up to float rounding. ``workers``: see :func:`score_likelihood`."""
     model.eval()
-    device = next(model.parameters()).device
-    bound_only = model.log_px_note is not None  # log_px would compute elbo again
-    elbo_sum = nll_sum = se2_sum = 0.0
-    n, chunk, per_sample = 0, chunk_size, None
     fast = inference_copy(model)
     if compile:
         fast.compile_scoring()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
-        torch.manual_seed(seed)
-        bar = tqdm(batches, f"log p(x), k={iw_samples}", disable=not progress, leave=False)
-        for x in bar:
+    return score_likelihood(fast, batches, iw_samples, chunk_size, seed, progress, compile, workers)
+
+
+def score_likelihood(
+    fast: AutoEncoder,
+    batches: Iterable[Tensor],
+    iw_samples: int = DEFAULT_IW_SAMPLES,
+    chunk_size: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    compiled: bool = False,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """:func:`likelihood_metrics` of a model already prepared for scoring: ``fast`` an
+    :func:`inference_copy` in eval mode, ``compiled`` if its scoring is compiled.
+
+    Each batch draws from its own generator (:func:`batch_generators` of ``seed``; torch's global
+    one is not used) and is scored under ``torch.inference_mode``. A model whose
+    :meth:`~vaekit.models.AutoEncoder.log_px` is not an importance-sampled estimate but its ELBO
+    itself (it says so in ``log_px_note``: a VQ-VAE, whose q(z|x) is one code map) is scored once
+    per batch, its ELBO standing for both, with standard error 0.
+
+    ``workers``: on a CPU, batches scored at once, each by a thread of one intra-op thread
+    (:func:`vaekit.threads.map_in_threads`); by default torch's intra-op thread count; on a GPU
+    one. The numbers do not depend on ``workers`` beyond float rounding. Inductor makes a CPU
+    kernel for the thread count of the call that compiles it, so before workers start, a compiled
+    model runs once in the calling thread at one intra-op thread, on the first batch's shapes.
+    """
+    device = next(fast.parameters()).device
+    if workers is None:
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+    bound_only = fast.log_px_note is not None  # log_px would compute elbo again
+    total = len(batches) if isinstance(batches, Sized) else None
+    scored = zip(batches, batch_generators(seed, device), strict=False)
+    first = next(scored, None)
+    if first is None:
+        raise ValueError("score_likelihood needs at least one batch")
+    x_first = first[0].to(device)
+    per_sample = None if bound_only or chunk_size else widest_activation(fast, x_first, compiled)
+
+    def chunk_for(x: Tensor) -> int:
+        return chunk_size or auto_chunk(x, iw_samples, per_sample)
+
+    def score(batch: tuple[Tensor, torch.Generator]) -> tuple[float, float, float, int]:
+        """(Σ ELBO, Σ −log p(x), Σ se², images) of one batch."""
+        x, generator = batch
+        with torch.inference_mode():  # per thread: set here, not around the map
             x = x.to(device)
             if bound_only:
                 elbo = log_px = fast.elbo(x)  # [B]
                 stderr = torch.zeros_like(elbo)
             else:
-                if chunk_size is None:
-                    per_sample = per_sample or widest_activation(fast, x, compiled=compile)
-                chunk = chunk_size or auto_chunk(x, iw_samples, per_sample)
-                log_px, stderr = fast.log_px(x, iw_samples, chunk)  # [B], [B]
-                elbo = fast.elbo(x)  # [B]
-            elbo_sum += float(elbo.double().sum())
-            nll_sum -= float(log_px.double().sum())
-            se2_sum += float(stderr.double().pow(2).sum())
-            n += len(x)
+                log_px, stderr = fast.log_px(x, iw_samples, chunk_for(x), generator)  # [B], [B]
+                elbo = fast.elbo(x, generator=generator)  # [B]
+        nll = -float(log_px.double().sum())
+        return float(elbo.double().sum()), nll, float(stderr.double().pow(2).sum()), len(x)
+
+    if compiled and workers > 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _compile_shapes(fast, x_first, iw_samples, None if bound_only else chunk_for(x_first))
+        finally:
+            torch.set_num_threads(threads)
+    batches_scored = itertools.chain([first], scored)  # [(x, its generator)]
+    elbo_sum = nll_sum = se2_sum = 0.0
+    n = 0
+    with tqdm(desc=f"log p(x), k={iw_samples}", total=total, disable=not progress, leave=False) as bar:
+        for batch_elbo, batch_nll, batch_se2, size in map_in_threads(score, batches_scored, workers):
+            elbo_sum += batch_elbo
+            nll_sum += batch_nll
+            se2_sum += batch_se2
+            n += size
+            bar.update()
             bar.set_postfix(nll=f"{nll_sum / n:.3f}")
     return {
         "elbo_nats": elbo_sum / n,
         "nll_nats": nll_sum / n,
         "nll_stderr": math.sqrt(se2_sum) / n,
         "iw_samples": iw_samples,
-        "chunk_size": chunk,
+        "chunk_size": chunk_for(x_first),  # a whole batch's
         "num_examples": n,
+        "workers": workers,
     }
+
+
+@torch.inference_mode()
+def _compile_shapes(fast: AutoEncoder, x: Tensor, iw_samples: int, chunk: int | None) -> None:
+    """Run ``fast``'s compiled scoring once on each shape a batch like ``x`` calls it with (a whole
+    chunk of samples, the last partial one, the ELBO; ``chunk`` None: the ELBO alone), drawing from
+    a generator of its own; the results are thrown away."""
+    generator = torch.Generator(x.device).manual_seed(0)
+    if chunk is not None:
+        for samples in {chunk, iw_samples % chunk} - {0}:
+            fast.log_px(x, samples, samples, generator)
+    fast.elbo(x, generator=generator)
 
 
 @torch.no_grad()
@@ -427,6 +499,7 @@ def evaluate_model(
     sample_metrics: bool = True,
     progress: bool = True,
     compile: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Every metric that applies to ``model`` (trained with config ``cfg``) on the data of ``split``.
 
@@ -434,13 +507,15 @@ def evaluate_model(
     sample quality when it can sample and the data are labelled (the feature classifier learns from
     the training split). ``load_split(name)`` gives a split of the run's data; it is called after
     a protocol's checks. ``iw_samples`` defaults to 1000 (a protocol fixes its own); ``batch_size``
-    to 100; ``compile``: see :func:`likelihood_metrics`.
+    to 100; ``compile`` and ``workers``: see :func:`likelihood_metrics`.
     """
     proto = _check_protocol(protocol, cfg, model, split, iw_samples) if protocol else None
     k = proto.iw_samples if proto else (iw_samples or DEFAULT_IW_SAMPLES)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if k < 1 or batch_size < 1:
         raise VaekitError(f"--iw-samples and --batch-size must be positive, got {k} and {batch_size}")
+    if workers is not None and workers < 1:
+        raise VaekitError(f"--workers must be positive, got {workers}")
     data_seed = proto.data_seed if proto else seed
     data = load_split(split)
     images, kind = _split_images(data), model.likelihood.kind  # [N, C, H, W] uint8
@@ -460,7 +535,11 @@ def evaluate_model(
     x_recon = x_eval if kind == "bernoulli" and cfg.data.binarize else to_model_range(images, kind)
     if model.estimates_log_px:
         batches = x_eval.split(batch_size)
-        res.update(likelihood_metrics(model, batches, k, seed=seed, progress=progress, compile=compile))
+        res.update(
+            likelihood_metrics(
+                model, batches, k, seed=seed, progress=progress, compile=compile, workers=workers
+            )
+        )
         if model.log_px_note:
             res["nll_note"] = model.log_px_note
         res["bits_per_dim"] = to_bits_per_dim(res["nll_nats"], images[0].numel(), conversion)

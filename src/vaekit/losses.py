@@ -203,17 +203,22 @@ def vq_latent_loss(z_e: Tensor, z_q: Tensor, beta: float, codebook_term: bool = 
 
 
 def reparameterize(
-    mu: Tensor, log_var: Tensor, num_samples: int | None = None, noise: Tensor | None = None
+    mu: Tensor,
+    log_var: Tensor,
+    num_samples: int | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """z = μ + σ ⊙ ε with ε ~ N(0, I) (AEVB §2.4): a sample of q(z|x) differentiable in μ, σ.
 
     ``[B, D] -> [B, D]``, or ``[S, B, D]`` with ``num_samples=S``. ``noise``: ε given (drawn
-    beforehand, e.g. outside a compiled graph) instead of drawn here, ``[B, D]`` or ``[S, B, D]``.
+    beforehand, e.g. outside a compiled graph) instead of drawn here, ``[B, D]`` or ``[S, B, D]``;
+    ``generator``: the one ε is drawn from (on μ's device), else torch's global one.
     """
     std = torch.exp(0.5 * log_var)
     if noise is None:
         shape = std.shape if num_samples is None else (num_samples, *std.shape)
-        noise = torch.randn(shape, dtype=std.dtype, device=std.device)
+        noise = torch.randn(shape, dtype=std.dtype, device=std.device, generator=generator)
     return mu + std * noise
 
 

@@ -386,6 +386,7 @@ def evaluate_run(
     progress: bool = True,
     json_path: str | Path | None = None,
     compile: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """:func:`vaekit.evaluate.evaluate_model` of a run's model on one split of its data, also written
     as JSON (default ``RUN/evaluation.json``)."""
@@ -408,6 +409,7 @@ def evaluate_run(
         sample_metrics=sample_metrics,
         progress=progress,
         compile=compile,
+        workers=workers,
     )
     path = Path(json_path) if json_path is not None else run_dir / "evaluation.json"
     atomic_write_bytes(path, (json.dumps(results, indent=2) + "\n").encode())

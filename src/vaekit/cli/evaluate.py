@@ -6,6 +6,7 @@ import argparse
 import inspect
 from typing import Any
 
+from vaekit.cli.inspect_run import positive_int
 from vaekit.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_IW_SAMPLES, PROTOCOLS
 
 _ROWS = [
@@ -83,6 +84,12 @@ def add_parsers(sub: Any) -> None:
         "--compile",
         action="store_true",
         help="torch.compile the per-sample scoring (faster for large k; needs a C++ compiler)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="CPU: batches scored at once, one thread each (default: torch's thread count)",
     )
     p.set_defaults(run_command=cmd_evaluate)
 

@@ -255,10 +255,20 @@ class AutoEncoder(Model):
         one compiled graph per chunk size."""
         self.decode = compile_for_scoring(self.decode, self._device())  # type: ignore[method-assign]
 
-    def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
-        """An estimate of log p(x) per example and its standard error (if :attr:`estimates_log_px`)."""
+    def log_px(
+        self,
+        x: Tensor,
+        num_samples: int = 1000,
+        chunk_size: int = 500,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """An estimate of log p(x) per example and its standard error (if :attr:`estimates_log_px`);
+        its random draws from ``generator`` if given (a generator on the model's device)."""
         raise NotImplementedError(f"{type(self).__name__} does not estimate log p(x)")
 
-    def elbo(self, x: Tensor, num_samples: int = 1, beta: float = 1.0) -> Tensor:
-        """The evidence lower bound per example, in nats (if :attr:`estimates_log_px`)."""
+    def elbo(
+        self, x: Tensor, num_samples: int = 1, beta: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The evidence lower bound per example, in nats (if :attr:`estimates_log_px`); its random
+        draws from ``generator`` if given."""
         raise NotImplementedError(f"{type(self).__name__} has no ELBO")

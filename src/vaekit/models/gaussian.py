@@ -134,18 +134,28 @@ class GaussianLatentVAE(AutoEncoder):
             return {}
         return {"pseudo-inputs": self.vamp_prior.inputs()[:num].detach()}
 
-    def elbo(self, x: Tensor, num_samples: int = 1, beta: float = 1.0) -> Tensor:
+    def elbo(
+        self, x: Tensor, num_samples: int = 1, beta: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Per-example ELBO in nats, ``[B]``, with the reconstruction term averaged over
-        ``num_samples`` draws z⁽ˡ⁾ ~ q(z|x) (AEVB eq. 10)."""
+        ``num_samples`` draws z⁽ˡ⁾ ~ q(z|x) (AEVB eq. 10); the draws from ``generator`` if given (on
+        the model's device), else from torch's global one."""
         mu, log_var = self.encode(x)
-        log_px_z = self._log_px_given_z(x, reparameterize(mu, log_var, num_samples))  # [L, B]
-        return elbo(log_px_z, self.kl_divergence(mu, log_var), beta)
+        z = reparameterize(mu, log_var, num_samples, generator=generator)  # [L, B, D]
+        return elbo(self._log_px_given_z(x, z), self.kl_divergence(mu, log_var, generator), beta)
 
     @torch.no_grad()
-    def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
+    def log_px(
+        self,
+        x: Tensor,
+        num_samples: int = 1000,
+        chunk_size: int = 500,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Importance-sampled log p(x) per example and its standard error, q(z|x) as proposal.
 
-        x is encoded once; the k samples are drawn in chunks (:func:`vaekit.losses.estimate_log_px`).
+        x is encoded once; the k samples are drawn in chunks (:func:`vaekit.losses.estimate_log_px`),
+        from ``generator`` if given (on the model's device), else from torch's global one.
         An estimate, not an objective: no graph is kept, so memory stays bounded by ``chunk_size``
         whatever k is (train on :func:`vaekit.losses.iwae_bound` instead). Put the model in
         ``eval()`` first if it has BatchNorm.
@@ -156,7 +166,8 @@ class GaussianLatentVAE(AutoEncoder):
         x_scored = x if order is None else permute_pixels(x, order)  # once for all k
 
         def log_weights(n: int) -> Tensor:  # [n, B]
-            noise = torch.randn((n, *mu.shape), dtype=mu.dtype, device=mu.device)  # ε, drawn eagerly
+            # ε, drawn eagerly
+            noise = torch.randn((n, *mu.shape), dtype=mu.dtype, device=mu.device, generator=generator)
             return self._log_weights(x_scored, mu, log_var, noise, components)
 
         return estimate_log_px(log_weights, num_samples, chunk_size)
@@ -200,12 +211,13 @@ class GaussianLatentVAE(AutoEncoder):
         mus, log_vars = components if components is not None else self.prior_components()
         return gaussian_mixture_log_prob(z, mus, log_vars)
 
-    def kl_divergence(self, mu: Tensor, log_var: Tensor) -> Tensor:
+    def kl_divergence(self, mu: Tensor, log_var: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """KL(q(z|x) ‖ p(z)) per example, ``[B, D] -> [B]``: the closed form under N(0, I); under
-        the VampPrior an unbiased one-sample estimate (:func:`vaekit.losses.monte_carlo_kl`)."""
+        the VampPrior an unbiased one-sample estimate (:func:`vaekit.losses.monte_carlo_kl`), its
+        sample drawn from ``generator`` if given."""
         if self.vamp_prior is None:
             return gaussian_kl(mu, log_var)
-        z = reparameterize(mu, log_var)  # [B, D]
+        z = reparameterize(mu, log_var, generator=generator)  # [B, D]
         return monte_carlo_kl(log_var, self.prior_log_prob(z))
 
     def sample_latent(

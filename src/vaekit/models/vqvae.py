@@ -319,19 +319,27 @@ class VQVAE(AutoEncoder):
         )
         return torch.logsumexp(per_class, dim=0) - math.log(prior.num_classes)
 
-    def elbo(self, x: Tensor, num_samples: int = 1, beta: float = 1.0) -> Tensor:
+    def elbo(
+        self, x: Tensor, num_samples: int = 1, beta: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
         """The bound of the VQ-VAE paper per example, in nats: ``log p(x|z_q) + β log p(z_q)``.
 
         q(z|x) puts all its mass on the nearest codes z_q, so its entropy is 0 and
         KL(q ‖ p) = −log p(z_q). Needs a prior (:meth:`attach_prior`); ``num_samples`` changes
-        nothing, the posterior being one point.
+        nothing, the posterior being one point; nothing is drawn (``generator`` is not used).
         """
         codes = self.encode_indices(x)  # [B, h, w]
         recons = self.decode(self.vq_layer.codes_to_latents(codes))
         return self.likelihood.log_prob(x, recons) + beta * self.prior_log_prob(codes)
 
     @torch.no_grad()
-    def log_px(self, x: Tensor, num_samples: int = 1000, chunk_size: int = 500) -> tuple[Tensor, Tensor]:
+    def log_px(
+        self,
+        x: Tensor,
+        num_samples: int = 1000,
+        chunk_size: int = 500,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """:meth:`elbo` and a standard error of 0: with q(z|x) a single code map as the proposal,
         every importance weight is p(x, z_q)/1, so the estimate is the bound for any k."""
         bound = self.elbo(x)

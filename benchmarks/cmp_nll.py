@@ -211,7 +211,7 @@ def measure(quick: bool) -> dict[str, Any]:
     x = torch.bernoulli(torch.rand(2 * threads * BATCH, 1, 28, 28, generator=gen), generator=gen)
     # importance samples per image at the larger k timed: a call of about 0.6 s (full) or 0.2 s
     # (quick) at two threads on a quiet machine
-    ks = [100, 25, 10] if quick else [600, 120, 30]
+    ks = [100, 50, 20] if quick else [600, 120, 30]
     rounds = 2 if quick else 5
     rows, metrics = sitting(threads, ks, rounds, x)
     if threads > 1:

@@ -259,9 +259,10 @@ def score_likelihood(
 
     ``workers``: on a CPU, batches scored at once, each by a thread of one intra-op thread
     (:func:`vaekit.threads.map_in_threads`); by default torch's intra-op thread count; on a GPU
-    one. The numbers do not depend on ``workers`` beyond float rounding. Inductor makes a CPU
-    kernel for the thread count of the call that compiles it, so before workers start, a compiled
-    model runs once in the calling thread at one intra-op thread, on the first batch's shapes.
+    one. The numbers do not depend on ``workers`` beyond float rounding. torch.compile keeps a
+    graph per intra-op thread count (its kernels are made for one), so before workers start, a
+    compiled model runs once in the calling thread at one intra-op thread on the first batch's
+    shapes: the workers find those graphs made, instead of each compiling them at once.
     """
     device = next(fast.parameters()).device
     if workers is None:

@@ -1,13 +1,13 @@
 """Independent pieces of CPU work on several threads at once, each thread computing alone.
 
 torch splits each op on a CPU between its intra-op threads and waits for the slowest at the op's
-end. A conv decoder's log p(x) is many small ops, so those waits add up — and on a machine shared
-with other processes, every op waits until each of its threads has been scheduled: with one of two
-cores busy elsewhere, the compiled VanillaVAE's log p(x) ran 2.7× slower at two intra-op threads
-than at one (docs/performance.md). Given whole pieces of work (batches of images) that need
-nothing from each other, ``map_in_threads`` gives each of ``workers`` Python threads one intra-op
-thread and its own pieces; torch's ops release the GIL, so the threads compute side by side and
-never wait for each other until the last piece.
+end. A conv decoder's log p(x) is many small ops, and on a machine shared with other processes
+every op waits until each of its threads has been scheduled. Given whole pieces of work (batches of
+images) that need nothing from each other, ``map_in_threads`` gives each of ``workers`` Python
+threads one intra-op thread and its own pieces; torch's ops release the GIL, so the threads compute
+side by side and wait for each other only at the last piece. With another process spinning on one
+of two cores, the compiled VanillaVAE's log p(x) took a third of the time this way that it took one
+batch at a time on both threads; on idle cores the two were as fast (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def sitting(
             per_sample, per_image = flops_per_sample(model, x[:10])
             x_batch = batches[0]
             # `vaekit evaluate --compile`: compiled once here (the warm-up round), as one evaluation
-            # compiles once for all its batches; the same per-batch work as likelihood_metrics
+            # compiles once for all its batches; score_likelihood is likelihood_metrics on the copy
             compiled = inference_copy(model)
             compiled.compile_scoring()
             eager_chunk = auto_chunk(x_batch, PROTOCOL_K, widest_activation(model, x_batch))
@@ -202,9 +202,10 @@ def measure(quick: bool) -> dict[str, Any]:
     """The rows and metrics (see the module docstring); quick: fewer samples and rounds.
 
     Two sittings: torch's default thread count (what ``vaekit evaluate`` runs with; the headline
-    metrics) and one thread (suffixed ``_1thread``). On a machine shared with other jobs, every
+    metrics) and one thread (suffixed ``_1thread``). On a machine shared with other jobs, a
     multi-threaded op waits for its threads to be scheduled, which punishes many small ops far more
-    than a few large matmuls; the one-thread ratios are then the better guide to a quiet machine.
+    than a few large matmuls. The evaluator's batches on threads of one intra-op thread each do not
+    wait so; the matmul rate they are compared with is still one product on all the threads.
     """
     threads = torch.get_num_threads()
     gen = torch.Generator().manual_seed(0)

@@ -12,8 +12,16 @@ from vaekit.evaluate import batch_generators, likelihood_metrics
 from vaekit.threads import map_in_threads
 
 
-def test_map_in_threads_keeps_the_order_and_gives_each_thread_one_intra_op_thread():
+@pytest.fixture
+def two_threads():
+    """torch at two intra-op threads for the test, whatever the machine's default."""
     before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_map_in_threads_keeps_the_order_and_gives_each_thread_one_intra_op_thread(two_threads):
     seen: list[tuple[int, int]] = []  # (thread, intra-op threads inside it)
     barrier = threading.Barrier(3)  # the first three items wait for each other: three threads ran them
 
@@ -26,7 +34,7 @@ def test_map_in_threads_keeps_the_order_and_gives_each_thread_one_intra_op_threa
     assert list(map_in_threads(work, range(20), workers=3)) == [i * (i + 1) // 2 for i in range(20)]
     assert len({thread for thread, _ in seen}) == 3 and threading.get_ident() not in {t for t, _ in seen}
     assert {threads for _, threads in seen} == {1}
-    assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == 2  # the caller's count is back
 
 
 def test_map_in_threads_with_one_worker_runs_in_the_calling_thread():
@@ -34,8 +42,7 @@ def test_map_in_threads_with_one_worker_runs_in_the_calling_thread():
     assert threads == [threading.get_ident()] * 4
 
 
-def test_map_in_threads_passes_on_an_error_and_stops_taking_items():
-    before = torch.get_num_threads()
+def test_map_in_threads_passes_on_an_error_and_stops_taking_items(two_threads):
     started: list[int] = []
 
     def work(i: int) -> int:
@@ -47,7 +54,7 @@ def test_map_in_threads_passes_on_an_error_and_stops_taking_items():
     with pytest.raises(RuntimeError, match="item 2"):
         list(map_in_threads(work, range(1000), workers=2))
     assert len(started) <= 2 * 2 + 2 + 1  # what was in flight when item 2 failed, not the rest
-    assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == 2
 
 
 def test_a_map_closed_early_leaves_the_rest_undone():

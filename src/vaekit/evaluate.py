@@ -316,7 +316,7 @@ def score_likelihood(
         "nll_nats": nll_sum / n,
         "nll_stderr": math.sqrt(se2_sum) / n,
         "iw_samples": iw_samples,
-        "chunk_size": chunk_for(x_first),  # a whole batch's
+        "chunk_size": chunk_size if bound_only else chunk_for(x_first),  # a whole batch's
         "num_examples": n,
         "workers": workers,
     }

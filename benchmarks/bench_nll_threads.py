@@ -21,7 +21,7 @@ from common import alternate, report
 
 from vaekit.evaluate import inference_copy, score_likelihood
 
-#: importance samples per image, per model in the order of ``cmp_nll.models()``: calls of 0.4–0.9 s
+#: importance samples per image, per model in the order of ``cmp_nll.models()``: calls of 0.8–1.1 s
 #: on two idle AVX-512 cores
 SAMPLES = [600, 120, 30]
 

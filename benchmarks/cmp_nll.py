@@ -210,7 +210,7 @@ def measure(quick: bool) -> dict[str, Any]:
     threads = torch.get_num_threads()
     gen = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.rand(2 * threads * BATCH, 1, 28, 28, generator=gen), generator=gen)
-    # importance samples per image at the larger k timed: a call of about 0.6 s (full) or 0.2 s
+    # importance samples per image at the larger k timed: calls of 0.8–1.1 s (full) or 0.2–0.6 s
     # (quick) at two threads on a quiet machine
     ks = [100, 50, 20] if quick else [600, 120, 30]
     rounds = 2 if quick else 5

@@ -39,7 +39,7 @@ from vaekit.errors import VaekitError
 from vaekit.losses import bits_per_dim, bits_per_dim_8bit, monte_carlo_kl, reparameterize
 from vaekit.models import VQVAE, AutoEncoder, GaussianLatentVAE, Model
 from vaekit.nn import CacheTiledSequential, ConvTranspose2d
-from vaekit.threads import map_in_threads
+from vaekit.threads import intra_op_threads, map_in_threads
 
 DEFAULT_IW_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 100
@@ -294,12 +294,8 @@ def score_likelihood(
         return float(elbo.double().sum()), nll, float(stderr.double().pow(2).sum()), len(x)
 
     if compiled and workers > 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with intra_op_threads(1):
             _compile_shapes(fast, x_first, iw_samples, None if bound_only else chunk_for(x_first))
-        finally:
-            torch.set_num_threads(threads)
     batches_scored = itertools.chain([first], scored)  # [(x, its generator)]
     elbo_sum = nll_sum = se2_sum = 0.0
     n = 0

@@ -12,6 +12,7 @@ batch at a time on both threads; on idle cores the two were as fast (docs/perfor
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,17 @@ import torch
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block at ``n`` intra-op threads, then restore torch's previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def map_in_threads(fn: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
